@@ -1,0 +1,233 @@
+//! `warren-worker bench instantiate`: what warren's instantiation strategy buys, measured side by
+//! side in one run on the same modules.
+//!
+//! Strategies (each runs the whole task: store + WASI context → instantiate → `_start` → drop):
+//! - `a-ondemand-copy-linker`: mmap per instance, data segments copied in, imports resolved by
+//!   `Linker::instantiate` on every task — the naive embedding.
+//! - `b-ondemand-cow-pre`: mmap per instance, copy-on-write memory image, `InstancePre`.
+//! - `c-warren`: warren's executor configuration — pooling allocator + CoW + `InstancePre`,
+//!   through the same executor threads the daemon uses.
+//!
+//! Each is measured on one thread and on all cores for `--duration`; instantiate p50/p99 come
+//! from the per-task instantiate timings, tasks/s from whole tasks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use super::stats::percentile;
+use crate::config::{parse_duration, SandboxConfig};
+use crate::engine::Allocation;
+use crate::executor::Executor;
+use crate::registry::{LoadedModule, ModuleRegistry};
+use crate::sandbox::{Execution, GuestCall, Sandbox};
+use crate::ModuleSource;
+
+/// Arguments of `warren-worker bench instantiate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InstantiateBenchArgs {
+    /// Print one JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Measuring time per strategy, module and thread count.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Modules to measure (names in the modules directory).
+    #[arg(long = "module", default_values_t = ["echo".to_string(), "lookup".to_string()])]
+    pub modules: Vec<String>,
+
+    /// Where modules come from.
+    #[command(flatten)]
+    pub source: ModuleSource,
+}
+
+/// One measured case.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    /// Module name.
+    pub module: String,
+    /// Strategy id (see module docs).
+    pub strategy: &'static str,
+    /// Threads running tasks.
+    pub threads: usize,
+    /// Median instantiate time.
+    pub instantiate_p50_ns: u64,
+    /// 99th percentile instantiate time.
+    pub instantiate_p99_ns: u64,
+    /// Whole tasks per second.
+    pub tasks_per_s: f64,
+    /// Tasks measured.
+    pub samples: usize,
+}
+
+const STRATEGIES: [(&str, Allocation); 3] = [
+    ("a-ondemand-copy-linker", Allocation::OnDemandCopy),
+    ("b-ondemand-cow-pre", Allocation::OnDemandCow),
+    ("c-warren", Allocation::Pooled),
+];
+
+/// Runs the benchmark and prints the table (or JSON lines); returns the rows.
+pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<BenchRow>> {
+    let cores = num_cpus::get();
+    let mut rows = Vec::new();
+    for name in &args.modules {
+        let path = args.source.modules_dir.join(format!("{name}.wasm"));
+        for (strategy, allocation) in STRATEGIES {
+            let config = SandboxConfig {
+                max_concurrent_tasks: Some(cores),
+                ..SandboxConfig::default()
+            };
+            let sandbox = Arc::new(Sandbox::new(config, allocation)?);
+            let registry = ModuleRegistry::new(sandbox.clone(), args.source.cache_dir());
+            let module = registry
+                .load_file(&path)
+                .with_context(|| format!("cannot load {} (run modules/build.sh first)", path.display()))?;
+            let call = bench_call(&module);
+            let thread_counts = if cores > 1 { vec![1, cores] } else { vec![1] };
+            for threads in thread_counts {
+                let row = match allocation {
+                    Allocation::Pooled => measure_executor(&sandbox, &module, &call, threads, args.duration)?,
+                    Allocation::OnDemandCow => measure_threads(threads, args.duration, || sandbox.run(&module.pre, call.clone()))?,
+                    Allocation::OnDemandCopy => measure_threads(threads, args.duration, || {
+                        sandbox.run_with(call.clone(), |store| sandbox.linker().instantiate(store, module.pre.module()))
+                    })?,
+                };
+                let row = BenchRow { module: name.clone(), strategy, threads, ..row };
+                if args.json {
+                    println!("{}", serde_json::to_string(&row)?);
+                }
+                rows.push(row);
+            }
+        }
+    }
+    if !args.json {
+        print_table(&rows);
+    }
+    Ok(rows)
+}
+
+fn bench_call(module: &LoadedModule) -> GuestCall {
+    GuestCall {
+        program: module.name.clone(),
+        input: b"42\n".to_vec(),
+        ..GuestCall::default()
+    }
+}
+
+/// Runs `task` in a loop on `threads` threads for `duration`.
+fn measure_threads(threads: usize, duration: Duration, task: impl Fn() -> Execution + Sync) -> anyhow::Result<BenchRow> {
+    let started = Instant::now();
+    let per_thread = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut samples = Vec::new();
+                    while started.elapsed() < duration {
+                        let execution = task();
+                        if !execution.outcome.is_success() {
+                            return Err(execution);
+                        }
+                        samples.push(execution.instantiate.as_nanos() as u64);
+                    }
+                    Ok(samples)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
+    });
+    let elapsed = started.elapsed();
+    let mut samples = Vec::new();
+    for result in per_thread {
+        match result {
+            Ok(Ok(s)) => samples.extend(s),
+            Ok(Err(execution)) => bail!("benchmark task did not succeed: {}", execution.outcome),
+            Err(_) => bail!("benchmark thread panicked"),
+        }
+    }
+    Ok(row_from(samples, elapsed, threads))
+}
+
+/// Runs tasks through an [`Executor`] with `threads` threads, keeping it saturated.
+fn measure_executor(
+    sandbox: &Arc<Sandbox>,
+    module: &Arc<LoadedModule>,
+    call: &GuestCall,
+    threads: usize,
+    duration: Duration,
+) -> anyhow::Result<BenchRow> {
+    let executor = Executor::start_with_threads(sandbox.clone(), threads)?;
+    let window = threads * 2;
+    let mut in_flight = std::collections::VecDeque::with_capacity(window);
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < duration || !in_flight.is_empty() {
+        if started.elapsed() < duration && in_flight.len() < window {
+            in_flight.push_back(executor.submit(module.clone(), call.clone()));
+            continue;
+        }
+        let Some(next) = in_flight.pop_front() else { break };
+        let execution = next.blocking_recv().context("executor stopped")?;
+        if !execution.outcome.is_success() {
+            bail!("benchmark task did not succeed: {}", execution.outcome);
+        }
+        samples.push(execution.instantiate.as_nanos() as u64);
+    }
+    let elapsed = started.elapsed();
+    executor.shutdown();
+    Ok(row_from(samples, elapsed, threads))
+}
+
+fn row_from(mut samples: Vec<u64>, elapsed: Duration, threads: usize) -> BenchRow {
+    samples.sort_unstable();
+    BenchRow {
+        module: String::new(),
+        strategy: "",
+        threads,
+        instantiate_p50_ns: percentile(&samples, 50.0),
+        instantiate_p99_ns: percentile(&samples, 99.0),
+        tasks_per_s: samples.len() as f64 / elapsed.as_secs_f64(),
+        samples: samples.len(),
+    }
+}
+
+fn print_table(rows: &[BenchRow]) {
+    println!(
+        "{:<8} {:<24} {:>7} {:>14} {:>14} {:>12} {:>8}",
+        "module", "strategy", "threads", "inst p50", "inst p99", "tasks/s", "samples"
+    );
+    for r in rows {
+        println!(
+            "{:<8} {:<24} {:>7} {:>14} {:>14} {:>12.0} {:>8}",
+            r.module,
+            r.strategy,
+            r.threads,
+            human_ns(r.instantiate_p50_ns),
+            human_ns(r.instantiate_p99_ns),
+            r.tasks_per_s,
+            r.samples
+        );
+    }
+    for module in rows.iter().map(|r| r.module.as_str()).collect::<std::collections::BTreeSet<_>>() {
+        let find = |strategy: &str| rows.iter().find(|r| r.module == module && r.strategy == strategy && r.threads == 1);
+        if let (Some(a), Some(c)) = (find("a-ondemand-copy-linker"), find("c-warren")) {
+            println!(
+                "{module}: c-warren instantiates {:.0}x faster than a (p50), {:.0}x (p99); whole tasks {:.1}x faster",
+                a.instantiate_p50_ns as f64 / c.instantiate_p50_ns.max(1) as f64,
+                a.instantiate_p99_ns as f64 / c.instantiate_p99_ns.max(1) as f64,
+                c.tasks_per_s / a.tasks_per_s.max(f64::MIN_POSITIVE),
+            );
+        }
+    }
+}
+
+fn human_ns(ns: u64) -> String {
+    match ns {
+        0..=9_999 => format!("{ns} ns"),
+        10_000..=9_999_999 => format!("{:.1} µs", ns as f64 / 1e3),
+        _ => format!("{:.2} ms", ns as f64 / 1e6),
+    }
+}

@@ -1,0 +1,152 @@
+//! The sandbox's knobs, in one struct, with their defaults, units and costs.
+//!
+//! Everything the engine, the pool and the executor need is derived from this struct, so the
+//! invariant "never more tasks in flight than the pool holds" is true by construction: the pool
+//! has exactly [`SandboxConfig::max_concurrent_tasks`] instance slots and the executor has exactly
+//! that many threads.
+//!
+//! # Memory cost
+//! The pool reserves, up front, *virtual* address space of
+//! `max_concurrent_tasks × (memory_reservation + memory_guard)` for linear memories (default on a
+//! 2-core machine: 2 × (4 GiB + 32 MiB) ≈ 8 GiB virtual, nothing resident). Resident memory grows
+//! only with what guests touch, up to `max_concurrent_tasks × max_memory`. If the reservation
+//! fails (`ulimit -v`, `vm.overcommit_memory=2`), lower `--max-concurrent-tasks` or
+//! `--memory-reservation`.
+
+use std::time::Duration;
+
+use bytesize::ByteSize;
+
+/// Default per-task cap on linear memory: 256 MiB.
+pub const DEFAULT_MAX_MEMORY: u64 = 256 << 20;
+/// Default per-task CPU deadline: 30 s.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default per-task cap on stdout: 8 MiB (the result must fit in one broker message).
+pub const DEFAULT_MAX_OUTPUT: u64 = 8 << 20;
+/// Default per-task cap on stderr: 64 KiB; stderr beyond it is dropped, not fatal.
+pub const DEFAULT_MAX_STDERR: u64 = 64 << 10;
+/// Default virtual reservation per linear memory: 4 GiB, which lets compiled code skip bounds
+/// checks on 32-bit memories.
+pub const DEFAULT_MEMORY_RESERVATION: u64 = 4 << 30;
+/// Default guard region after each linear memory: 32 MiB.
+pub const DEFAULT_MEMORY_GUARD: u64 = 32 << 20;
+/// Default cap on table elements per table: 20 000 (8 bytes each when resident).
+pub const DEFAULT_TABLE_ELEMENTS: usize = 20_000;
+/// Default cap on an instance's runtime state (`VMContext`): 1 MiB.
+pub const DEFAULT_MAX_CORE_INSTANCE_SIZE: u64 = 1 << 20;
+/// Default guest call-stack cap: 512 KiB (deeper recursion traps as a stack overflow).
+pub const DEFAULT_MAX_WASM_STACK: u64 = 512 << 10;
+/// Default epoch tick: 10 ms. Deadlines are rounded up to whole ticks.
+pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Engine, pool and executor configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SandboxConfig {
+    /// Tasks run at the same time: executor threads and pool instance slots. Default: one per
+    /// CPU core. Each costs `memory_reservation + memory_guard` of virtual memory.
+    #[arg(long, env = "WARREN_MAX_CONCURRENT_TASKS", value_parser = parse_positive)]
+    pub max_concurrent_tasks: Option<usize>,
+
+    /// Largest linear memory a task may grow to (cap; a task can only ask for less).
+    #[arg(long = "max-memory", env = "WARREN_MAX_MEMORY", default_value = "256MiB", value_parser = parse_bytes)]
+    pub max_memory: u64,
+
+    /// CPU deadline per task (cap; a task can only ask for less). E.g. `30s`, `250ms`.
+    #[arg(long = "timeout", env = "WARREN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Largest stdout a task may write (cap); more ends the task as "output limit exceeded".
+    #[arg(long = "max-output", env = "WARREN_MAX_OUTPUT", default_value = "8MiB", value_parser = parse_bytes)]
+    pub max_output: u64,
+
+    /// Stderr kept per task; the rest is dropped and the result marked truncated.
+    #[arg(long = "max-stderr", env = "WARREN_MAX_STDERR", default_value = "64KiB", value_parser = parse_bytes)]
+    pub max_stderr: u64,
+
+    /// Virtual address space reserved per linear memory. 4 GiB lets compiled code elide bounds
+    /// checks; smaller saves address space at the cost of explicit checks. Must be ≥ max-memory.
+    #[arg(long, env = "WARREN_MEMORY_RESERVATION", default_value = "4GiB", value_parser = parse_bytes)]
+    pub memory_reservation: u64,
+
+    /// Guard region after each linear memory (catches out-of-bounds accesses without checks).
+    #[arg(long, env = "WARREN_MEMORY_GUARD", default_value = "32MiB", value_parser = parse_bytes)]
+    pub memory_guard: u64,
+
+    /// Elements per table (function pointers for indirect calls).
+    #[arg(long, env = "WARREN_TABLE_ELEMENTS", default_value_t = DEFAULT_TABLE_ELEMENTS)]
+    pub table_elements: usize,
+
+    /// Largest runtime state (`VMContext`) of one instance; modules needing more fail to load.
+    #[arg(long, env = "WARREN_MAX_CORE_INSTANCE_SIZE", default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_core_instance_size: u64,
+
+    /// Guest call-stack size; deeper recursion ends the task as a stack-overflow trap.
+    #[arg(long, env = "WARREN_MAX_WASM_STACK", default_value = "512KiB", value_parser = parse_bytes)]
+    pub max_wasm_stack: u64,
+
+    /// How often the epoch ticker advances; CPU deadlines are measured in these ticks.
+    #[arg(long, env = "WARREN_EPOCH_TICK", default_value = "10ms", value_parser = parse_duration)]
+    pub epoch_tick: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            max_concurrent_tasks: None,
+            max_memory: DEFAULT_MAX_MEMORY,
+            timeout: DEFAULT_TIMEOUT,
+            max_output: DEFAULT_MAX_OUTPUT,
+            max_stderr: DEFAULT_MAX_STDERR,
+            memory_reservation: DEFAULT_MEMORY_RESERVATION,
+            memory_guard: DEFAULT_MEMORY_GUARD,
+            table_elements: DEFAULT_TABLE_ELEMENTS,
+            max_core_instance_size: DEFAULT_MAX_CORE_INSTANCE_SIZE,
+            max_wasm_stack: DEFAULT_MAX_WASM_STACK,
+            epoch_tick: DEFAULT_EPOCH_TICK,
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// Tasks that run at once: the configured value, or the number of CPU cores.
+    pub fn concurrency(&self) -> usize {
+        self.max_concurrent_tasks.unwrap_or_else(num_cpus::get).max(1)
+    }
+}
+
+/// Parses a byte size such as `65536`, `64KiB`, `256MiB` or `1GiB`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a byte size (try 65536, 64KiB, 256MiB): {e}"))
+}
+
+/// Parses a duration such as `30s`, `250ms` or `1m 30s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration (try 30s, 250ms): {e}"))
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive whole number")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse_with_units() {
+        assert_eq!(parse_bytes("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("lots").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_positive("0").is_err());
+    }
+}

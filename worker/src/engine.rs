@@ -1,0 +1,165 @@
+//! The one place wasmtime's engine is configured: pooling allocator, copy-on-write memory images,
+//! epoch interruption, and the ticker thread that drives epochs.
+//!
+//! Why each setting:
+//! - **Pooling allocator**: every instance slot (memory, table, instance state) is reserved once
+//!   at startup, so instantiation is a slot hand-out, not mmap/munmap per task.
+//! - **`memory_init_cow`**: a module's data segments become a memory image mapped copy-on-write
+//!   from the AOT file, so a 24 MiB lookup table costs nothing to "copy" per task. A pooled slot
+//!   reused by the same module keeps the mapping and only resets the pages the guest dirtied.
+//! - **Epoch interruption**: a CPU deadline checked at function entries and loop back-edges,
+//!   about twice as cheap as fuel metering. A ticker thread bumps the epoch every `epoch_tick`.
+//! - **No cranelift-level fuel, no async**: guests run synchronously on dedicated OS threads
+//!   (wasmtime-wasi's sync host calls `block_on` and would panic on a tokio worker).
+
+use std::sync::Arc;
+use std::thread;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::config::SandboxConfig;
+
+/// Why the engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A knob has a value wasmtime cannot use.
+    #[error("invalid sandbox configuration: {0}")]
+    InvalidConfig(String),
+    /// The pool's virtual memory could not be reserved.
+    #[error(
+        "could not reserve the instance pool's virtual memory ({reserved_gib:.1} GiB for {slots} slots \
+         of memory-reservation + memory-guard): {source}. Lower --max-concurrent-tasks \
+         (WARREN_MAX_CONCURRENT_TASKS) or --memory-reservation (WARREN_MEMORY_RESERVATION), or \
+         raise the process's virtual memory limit (ulimit -v)"
+    )]
+    PoolReservation {
+        /// Instance slots asked for.
+        slots: usize,
+        /// Virtual memory that reservation needs, in GiB.
+        reserved_gib: f64,
+        /// wasmtime's error.
+        #[source]
+        source: wasmtime::Error,
+    },
+}
+
+/// How instances are allocated; the benchmark compares these, the worker always uses `Pooled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// Pooling allocator with copy-on-write images: warren's configuration.
+    Pooled,
+    /// mmap per instance, with copy-on-write images.
+    OnDemandCow,
+    /// mmap per instance, data segments copied in on every instantiation.
+    OnDemandCopy,
+}
+
+/// Builds the engine for `config`.
+pub fn build_engine(config: &SandboxConfig, allocation: Allocation) -> Result<Engine, EngineError> {
+    if config.max_memory > config.memory_reservation {
+        return Err(EngineError::InvalidConfig(format!(
+            "--max-memory ({}) must not exceed --memory-reservation ({})",
+            config.max_memory, config.memory_reservation
+        )));
+    }
+    let slots = config.concurrency();
+    let mut wasm = Config::new();
+    wasm.epoch_interruption(true)
+        .memory_init_cow(allocation != Allocation::OnDemandCopy)
+        .memory_reservation(config.memory_reservation)
+        .memory_guard_size(config.memory_guard)
+        // Growing in place inside the reservation: no moving memories, no extra reservation.
+        .memory_reservation_for_growth(0)
+        .max_wasm_stack(to_usize(config.max_wasm_stack, "--max-wasm-stack")?);
+    if allocation == Allocation::Pooled {
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(config, slots)?));
+    }
+    Engine::new(&wasm).map_err(|source| {
+        let per_slot = config.memory_reservation + config.memory_guard;
+        EngineError::PoolReservation {
+            slots,
+            reserved_gib: (slots as f64 * per_slot as f64) / (1u64 << 30) as f64,
+            source,
+        }
+    })
+}
+
+/// Every pool total derives from `slots`: one core instance, one memory and one table per task.
+fn pool_config(config: &SandboxConfig, slots: usize) -> Result<PoolingAllocationConfig, EngineError> {
+    let slots = u32::try_from(slots)
+        .map_err(|_| EngineError::InvalidConfig("--max-concurrent-tasks is too large".into()))?;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_core_instances(slots)
+        .total_memories(slots)
+        .total_tables(slots)
+        // Components are not run; keep their part of the pool empty.
+        .total_component_instances(0)
+        .total_stacks(0)
+        .max_memories_per_module(1)
+        .max_tables_per_module(1)
+        .max_memory_size(to_usize(config.max_memory, "--max-memory")?)
+        .table_elements(config.table_elements)
+        .max_core_instance_size(to_usize(
+            config.max_core_instance_size,
+            "--max-core-instance-size",
+        )?)
+        // A slot freed by module M is preferably handed to M again, keeping its CoW mapping warm.
+        .max_unused_warm_slots(slots);
+    Ok(pool)
+}
+
+fn to_usize(value: u64, flag: &str) -> Result<usize, EngineError> {
+    usize::try_from(value).map_err(|_| EngineError::InvalidConfig(format!("{flag} is too large")))
+}
+
+/// Starts the thread that advances `engine`'s epoch every `config.epoch_tick`.
+///
+/// The thread holds only a weak reference: it ends by itself once every clone of the engine is
+/// dropped, so nobody has to remember to stop it.
+pub fn start_epoch_ticker(engine: &Engine, config: &SandboxConfig) -> std::io::Result<()> {
+    let weak = engine.weak();
+    let tick = config.epoch_tick;
+    thread::Builder::new()
+        .name("warren-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                thread::sleep(tick);
+            }
+        })
+        .map(|_| ())
+}
+
+/// Pool occupancy, for metrics and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolOccupancy {
+    /// Core instances currently allocated from the pool.
+    pub instances: u64,
+    /// Linear memories currently allocated.
+    pub memories: u64,
+    /// Unused slots whose memory is still warm (mapped for a module's image).
+    pub warm_memories: u64,
+    /// Resident bytes held by unused memory slots.
+    pub unused_memory_bytes_resident: u64,
+}
+
+/// Reads the pool's occupancy; `None` for engines without a pool.
+pub fn pool_occupancy(engine: &Engine) -> Option<PoolOccupancy> {
+    let metrics = engine.pooling_allocator_metrics()?;
+    Some(PoolOccupancy {
+        instances: metrics.core_instances(),
+        memories: metrics.memories() as u64,
+        warm_memories: u64::from(metrics.unused_warm_memories()),
+        unused_memory_bytes_resident: metrics.unused_memory_bytes_resident() as u64,
+    })
+}
+
+/// Shared handle to an engine plus the config it was built from.
+#[derive(Clone)]
+pub struct EngineHandle {
+    /// The wasmtime engine.
+    pub engine: Engine,
+    /// The configuration it was built from.
+    pub config: Arc<SandboxConfig>,
+}

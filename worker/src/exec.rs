@@ -1,0 +1,146 @@
+//! `warren-worker exec`: run one task locally, through the same registry and executor as the
+//! daemon, with no broker. This is how a module author tries a module.
+//!
+//! The guest's stdout goes to stdout and its stderr to stderr; a one-line report (outcome,
+//! module version, timings) follows on stderr. The process exits with the guest's exit code, or
+//! with a code naming the outcome when the guest did not exit (see [`exit_code`]).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use warren_schemas::{ModuleRef, Outcome, Task, TaskResult};
+
+use crate::engine::Allocation;
+use crate::registry::ModuleRegistry;
+use crate::runner::{default_worker_id, TaskRunner};
+use crate::sandbox::Sandbox;
+use crate::{ModuleSource, SandboxConfig};
+
+/// Arguments of `warren-worker exec`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExecArgs {
+    /// Module to run: a name from the modules directory (`wc`, `wc@3fa4c2`) or a path to a
+    /// `.wasm` file.
+    pub module: String,
+
+    /// File whose bytes go to the guest's stdin; `-` reads this process's stdin. Default: empty.
+    #[arg(long, short = 'i')]
+    pub input: Option<PathBuf>,
+
+    /// Environment variable for the guest, `KEY=VALUE` (repeatable). Nothing else is inherited.
+    #[arg(long = "env", short = 'e', value_parser = parse_env_pair)]
+    pub env: Vec<(String, String)>,
+
+    /// Where modules come from.
+    #[command(flatten)]
+    pub source: ModuleSource,
+
+    /// Sandbox limits (the caps this task runs under).
+    #[command(flatten)]
+    pub sandbox: SandboxConfig,
+
+    /// Arguments for the guest (after `--`); argv[0] is the module name.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+/// Parses `KEY=VALUE`.
+pub fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// Exit code for a task's outcome: the guest's own code when it exited, otherwise
+/// 124 timeout (as `timeout(1)`), 125 memory limit, 126 output limit, 127 module not found (as a
+/// shell), 128 trap, 2 invalid task.
+pub fn exit_code(outcome: &Outcome) -> i32 {
+    match outcome {
+        Outcome::Success => 0,
+        Outcome::NonZeroExit { code } => *code,
+        Outcome::Timeout { .. } => 124,
+        Outcome::MemoryLimitExceeded { .. } => 125,
+        Outcome::OutputLimitExceeded { .. } => 126,
+        Outcome::ModuleNotFound { .. } => 127,
+        Outcome::Trap { .. } => 128,
+        Outcome::InvalidTask { .. } => 2,
+    }
+}
+
+/// Runs `warren-worker exec` and returns the process exit code.
+pub fn run_exec(args: ExecArgs) -> anyhow::Result<i32> {
+    let input = read_input(args.input.as_deref())?;
+    let sandbox = Arc::new(Sandbox::new(args.sandbox, Allocation::Pooled)?);
+    let registry = Arc::new(ModuleRegistry::new(sandbox, args.source.cache_dir()));
+    let modules_dir = args.source.modules_dir;
+    let module = resolve_target(&registry, &args.module, &modules_dir)?;
+
+    let mut task = Task::new(module, input);
+    task.args = args.args;
+    task.env = args.env;
+    let runner = TaskRunner::start(registry, default_worker_id()).context("cannot start the executor")?;
+    let result = runner.run_blocking(task, 1);
+    report(&result)?;
+    if let Outcome::ModuleNotFound { .. } = result.outcome {
+        let names: Vec<String> = runner.registry().latest().iter().map(|m| m.name.clone()).collect();
+        eprintln!("warren: modules available in {}: {}", modules_dir.display(), names.join(", "));
+    }
+    Ok(exit_code(&result.outcome))
+}
+
+/// A path to a `.wasm` file is loaded on its own; anything else is a module reference looked up
+/// in the modules directory.
+fn resolve_target(registry: &ModuleRegistry, target: &str, modules_dir: &Path) -> anyhow::Result<ModuleRef> {
+    let as_path = Path::new(target);
+    if target.ends_with(".wasm") || as_path.is_file() {
+        let module = registry.load_file(as_path)?;
+        return Ok(ModuleRef::latest(module.name.clone()));
+    }
+    let wanted: ModuleRef = target.parse()?;
+    // Files that fail to load are logged by the registry; the others stay usable.
+    registry
+        .load_dir(modules_dir)
+        .with_context(|| format!("cannot read the modules directory {}", modules_dir.display()))?;
+    Ok(wanted)
+}
+
+fn read_input(input: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    match input {
+        None => Ok(Vec::new()),
+        Some(path) if path == Path::new("-") => {
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).context("cannot read stdin")?;
+            Ok(bytes)
+        }
+        Some(path) => std::fs::read(path).with_context(|| format!("cannot read input file {}", path.display())),
+    }
+}
+
+fn report(result: &TaskResult) -> anyhow::Result<()> {
+    std::io::stdout().write_all(&result.stdout)?;
+    std::io::stdout().flush()?;
+    let mut stderr = std::io::stderr().lock();
+    stderr.write_all(&result.stderr)?;
+    if result.stderr_truncated {
+        writeln!(stderr, "\nwarren: [stderr truncated]")?;
+    }
+    let module = result
+        .module
+        .as_ref()
+        .map(|m| format!("{}@{}", m.name, &m.digest[..12]))
+        .unwrap_or_else(|| "-".into());
+    let t = &result.timings;
+    writeln!(
+        stderr,
+        "warren: {} | module {} | instantiate {:.1} µs | run {:.3} ms | total {:.3} ms",
+        result.outcome,
+        module,
+        t.instantiate_ns as f64 / 1e3,
+        t.run_ns as f64 / 1e6,
+        t.total_ns as f64 / 1e6,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! One task in one fresh sandbox: build the store, instantiate from a warm `InstancePre`, run
+//! `_start`, and turn whatever happened into an [`Execution`].
+//!
+//! The guest sees exactly what the guest contract (modules/README.md) promises: stdin from the
+//! task, stdout/stderr captured in memory, argv = module name + the task's args, env = the
+//! task's pairs, a monotonic and a wall clock, random — and nothing else: no preopened
+//! directories, no sockets, no host environment. Each task gets its own store, so nothing leaks
+//! from one task to the next.
+
+mod outcome;
+mod output;
+mod poll;
+mod state;
+
+use std::time::{Duration, Instant};
+
+use wasmtime::{Engine, Instance, InstancePre, Linker, Module, Store};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::WasiCtxBuilder;
+use warren_schemas::{Outcome, TaskLimits};
+
+use crate::config::SandboxConfig;
+use crate::engine::{build_engine, start_epoch_ticker, Allocation, EngineError};
+
+pub use output::{OutputCapture, OutputLimitExceeded, OverflowPolicy};
+pub use state::{SandboxState, TaskLimiter, WallClockExceeded};
+
+/// The engine, the WASI linker and the caps every task runs under.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<SandboxState>,
+    config: SandboxConfig,
+}
+
+/// What a guest is given for one run.
+#[derive(Debug, Clone, Default)]
+pub struct GuestCall {
+    /// argv[0]: the module's name.
+    pub program: String,
+    /// Bytes on stdin.
+    pub input: Vec<u8>,
+    /// argv[1..].
+    pub args: Vec<String>,
+    /// The only environment variables the guest sees.
+    pub env: Vec<(String, String)>,
+    /// What the task asked for; clamped to the worker's caps.
+    pub limits: TaskLimits,
+}
+
+/// The limits that apply to one run: the task's wishes clamped to the worker's caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// CPU (epoch) and wall-clock (blocking calls) deadline.
+    pub timeout: Duration,
+    /// Largest linear memory, in bytes.
+    pub max_memory: u64,
+    /// Largest stdout, in bytes.
+    pub max_output: u64,
+}
+
+/// How one run went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Execution {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The guest's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Captured stdout.
+    pub stdout: Vec<u8>,
+    /// Captured stderr, up to the cap.
+    pub stderr: Vec<u8>,
+    /// True when stderr was cut at the cap.
+    pub stderr_truncated: bool,
+    /// Time to instantiate.
+    pub instantiate: Duration,
+    /// Time in `_start`.
+    pub run: Duration,
+}
+
+impl Execution {
+    /// An execution that never started because the task was unusable.
+    pub fn refused(outcome: Outcome) -> Self {
+        Execution {
+            outcome,
+            exit_code: None,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            stderr_truncated: false,
+            instantiate: Duration::ZERO,
+            run: Duration::ZERO,
+        }
+    }
+}
+
+impl Sandbox {
+    /// Builds the engine (with `allocation`), starts its epoch ticker and links WASI.
+    pub fn new(config: SandboxConfig, allocation: Allocation) -> Result<Self, EngineError> {
+        let engine = build_engine(&config, allocation)?;
+        start_epoch_ticker(&engine, &config)
+            .map_err(|e| EngineError::InvalidConfig(format!("cannot start the epoch ticker thread: {e}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut SandboxState| &mut state.wasi)
+            .and_then(|()| poll::shadow_poll_oneoff(&mut linker))
+            .map_err(|e| EngineError::InvalidConfig(format!("cannot link WASI: {e:#}")))?;
+        Ok(Sandbox { engine, linker, config })
+    }
+
+    /// The engine modules must be compiled for.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The configuration the sandbox was built with.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// The linker with WASI preview1 defined.
+    pub fn linker(&self) -> &Linker<SandboxState> {
+        &self.linker
+    }
+
+    /// Resolves `module`'s imports once, so each task only allocates and initialises. Fails,
+    /// naming the import, when the module needs something the sandbox does not provide, and
+    /// when it is not a WASI command.
+    pub fn prepare(&self, module: &Module) -> wasmtime::Result<InstancePre<SandboxState>> {
+        match module.get_export("_start") {
+            Some(wasmtime::ExternType::Func(_)) => {}
+            _ => wasmtime::bail!("not a WASI command: the module has no `_start` function export"),
+        }
+        self.linker.instantiate_pre(module)
+    }
+
+    /// The task's limits clamped to the worker's caps.
+    pub fn limits(&self, asked: &TaskLimits) -> Limits {
+        let cap = |asked: Option<u64>, cap: u64| asked.map_or(cap, |a| a.min(cap));
+        Limits {
+            timeout: asked.timeout().map_or(self.config.timeout, |t| t.min(self.config.timeout)),
+            max_memory: cap(asked.max_memory_bytes, self.config.max_memory),
+            max_output: cap(asked.max_output_bytes, self.config.max_output),
+        }
+    }
+
+    /// Runs `call` in a fresh instance of `pre`.
+    pub fn run(&self, pre: &InstancePre<SandboxState>, call: GuestCall) -> Execution {
+        self.run_with(call, |store| pre.instantiate(store))
+    }
+
+    /// Runs `call` in an instance made by `instantiate` — the benchmark's hook for comparing
+    /// instantiation strategies; everything else about the run is identical.
+    pub fn run_with(
+        &self,
+        call: GuestCall,
+        instantiate: impl FnOnce(&mut Store<SandboxState>) -> wasmtime::Result<Instance>,
+    ) -> Execution {
+        if let Err(reason) = check_call(&call) {
+            return Execution::refused(Outcome::InvalidTask { reason });
+        }
+        let limits = self.limits(&call.limits);
+        let stdout = OutputCapture::new(limits.max_output, OverflowPolicy::Fail);
+        let stderr = OutputCapture::new(self.config.max_stderr, OverflowPolicy::Truncate);
+        let mut store = self.new_store(call, &limits, &stdout, &stderr);
+
+        let started = Instant::now();
+        let instance = instantiate(&mut store);
+        let instantiated = Instant::now();
+        let ended = instance.and_then(|instance| {
+            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            start.call(&mut store, ())
+        });
+        let finished = Instant::now();
+
+        let memory_limit_hit = store.data().limiter.memory_limit_hit;
+        drop(store);
+        let (outcome, exit_code) = outcome::classify(ended, memory_limit_hit, &limits);
+        let (stdout, _) = stdout.take();
+        let (stderr, stderr_truncated) = stderr.take();
+        Execution {
+            outcome,
+            exit_code,
+            stdout,
+            stderr,
+            stderr_truncated,
+            instantiate: instantiated - started,
+            run: finished - instantiated,
+        }
+    }
+
+    fn new_store(
+        &self,
+        call: GuestCall,
+        limits: &Limits,
+        stdout: &OutputCapture,
+        stderr: &OutputCapture,
+    ) -> Store<SandboxState> {
+        let origin = Instant::now();
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdin(MemoryInputPipe::new(call.input))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .monotonic_clock(state::TaskClock { origin })
+            .arg(&call.program)
+            .args(&call.args)
+            .envs(&call.env);
+        let state = SandboxState {
+            wasi: wasi.build_p1(),
+            limiter: TaskLimiter {
+                max_memory: usize::try_from(limits.max_memory).unwrap_or(usize::MAX),
+                max_table_elements: self.config.table_elements,
+                memory_limit_hit: false,
+            },
+            clock_origin: origin,
+            deadline: origin + limits.timeout,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(epoch_ticks(limits.timeout, self.config.epoch_tick));
+        store
+    }
+}
+
+/// Ticks for `timeout`, rounded up, plus one because the current tick is already under way.
+fn epoch_ticks(timeout: Duration, tick: Duration) -> u64 {
+    let tick = tick.as_nanos().max(1);
+    u64::try_from(timeout.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
+}
+
+/// Refuses args and env the guest could not receive intact.
+fn check_call(call: &GuestCall) -> Result<(), String> {
+    if let Some(arg) = call.args.iter().find(|a| a.contains('\0')) {
+        return Err(format!("argument {arg:?} contains a NUL byte"));
+    }
+    for (key, value) in &call.env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(format!("environment variable name {key:?} is empty or contains '=' or NUL"));
+        }
+        if value.contains('\0') {
+            return Err(format!("environment variable {key} contains a NUL byte"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_ticks_round_up_and_add_the_current_tick() {
+        let tick = Duration::from_millis(10);
+        assert_eq!(epoch_ticks(Duration::from_millis(10), tick), 2);
+        assert_eq!(epoch_ticks(Duration::from_millis(11), tick), 3);
+        assert_eq!(epoch_ticks(Duration::ZERO, tick), 1);
+    }
+
+    #[test]
+    fn task_limits_only_lower_the_caps() {
+        let config = SandboxConfig { max_concurrent_tasks: Some(1), ..SandboxConfig::default() };
+        let sandbox = Sandbox::new(config.clone(), Allocation::OnDemandCow).unwrap();
+        let higher = TaskLimits {
+            timeout_ms: Some(u64::MAX),
+            max_memory_bytes: Some(u64::MAX),
+            max_output_bytes: Some(u64::MAX),
+        };
+        let limits = sandbox.limits(&higher);
+        assert_eq!(limits.timeout, config.timeout);
+        assert_eq!(limits.max_memory, config.max_memory);
+        assert_eq!(limits.max_output, config.max_output);
+        let lower = TaskLimits {
+            timeout_ms: Some(5),
+            max_memory_bytes: Some(1 << 20),
+            max_output_bytes: Some(10),
+        };
+        let limits = sandbox.limits(&lower);
+        assert_eq!(limits.timeout, Duration::from_millis(5));
+        assert_eq!((limits.max_memory, limits.max_output), (1 << 20, 10));
+    }
+
+    #[test]
+    fn args_and_env_that_cannot_reach_the_guest_are_refused() {
+        let bad_env = GuestCall { env: vec![("A=B".into(), "c".into())], ..GuestCall::default() };
+        assert!(check_call(&bad_env).is_err());
+        let bad_arg = GuestCall { args: vec!["a\0b".into()], ..GuestCall::default() };
+        assert!(check_call(&bad_arg).is_err());
+        let fine = GuestCall { env: vec![("A".into(), "b=c".into())], ..GuestCall::default() };
+        assert!(check_call(&fine).is_ok());
+    }
+}

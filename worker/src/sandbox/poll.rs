@@ -1,0 +1,161 @@
+//! `poll_oneoff`, the one WASI call that can block, bounded by the task's wall-clock deadline.
+//!
+//! wasmtime-wasi implements a guest's `sleep` as a real timer inside a `block_on`; the epoch
+//! deadline cannot interrupt it, so `sleep(1 day)` would hold an executor thread for a day. A
+//! sandboxed command here has only stdin (an in-memory pipe), stdout and stderr (in-memory
+//! captures), which are always ready, so a complete `poll_oneoff` is small: fd subscriptions on
+//! 0/1/2 are ready at once, clock subscriptions sleep — but never past the task's deadline, where
+//! the guest is stopped with [`WallClockExceeded`] and the task ends as a timeout.
+//!
+//! ABI (wasi_snapshot_preview1): `subscription` is 48 bytes: userdata u64 @0, tag u8 @8, then
+//! clock {id u32 @16, timeout u64 @24, precision u64 @32, flags u16 @40} or fd {fd u32 @16}.
+//! `event` is 32 bytes: userdata u64 @0, errno u16 @8, type u8 @10, nbytes u64 @16, flags u16 @24.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::{Caller, Extern, Linker};
+
+use super::state::{SandboxState, WallClockExceeded};
+
+const SUBSCRIPTION_SIZE: usize = 48;
+const EVENT_SIZE: usize = 32;
+const EVENTTYPE_CLOCK: u8 = 0;
+const EVENTTYPE_FD_READ: u8 = 1;
+const EVENTTYPE_FD_WRITE: u8 = 2;
+const CLOCKID_REALTIME: u32 = 0;
+const SUBCLOCKFLAGS_ABSTIME: u16 = 1;
+const ERRNO_SUCCESS: i32 = 0;
+const ERRNO_BADF: u16 = 8;
+const ERRNO_FAULT: i32 = 21;
+const ERRNO_INVAL: i32 = 28;
+
+/// Replaces wasmtime-wasi's `poll_oneoff` in `linker` with the deadline-bounded one.
+pub fn shadow_poll_oneoff(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    linker.func_wrap("wasi_snapshot_preview1", "poll_oneoff", poll_oneoff)?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+enum Wake {
+    /// An fd subscription: ready now.
+    Fd { userdata: u64, kind: u8, fd: u32 },
+    /// A clock subscription, due at this instant.
+    Clock { userdata: u64, due: Instant },
+}
+
+fn poll_oneoff(
+    mut caller: Caller<'_, SandboxState>,
+    subscriptions: u32,
+    events: u32,
+    count: u32,
+    nevents_out: u32,
+) -> wasmtime::Result<i32> {
+    if count == 0 {
+        return Ok(ERRNO_INVAL);
+    }
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return Ok(ERRNO_FAULT);
+    };
+    let now = Instant::now();
+    let origin = caller.data().clock_origin;
+    let wakes = {
+        let data = memory.data(&caller);
+        let Some(bytes) = slice(data, subscriptions, count as usize * SUBSCRIPTION_SIZE) else {
+            return Ok(ERRNO_FAULT);
+        };
+        match bytes.chunks_exact(SUBSCRIPTION_SIZE).map(|s| parse(s, now, origin)).collect::<Option<Vec<_>>>() {
+            Some(wakes) => wakes,
+            None => return Ok(ERRNO_INVAL),
+        }
+    };
+
+    let any_fd = wakes.iter().any(|w| matches!(w, Wake::Fd { .. }));
+    let earliest = wakes
+        .iter()
+        .filter_map(|w| match w {
+            Wake::Clock { due, .. } => Some(*due),
+            Wake::Fd { .. } => None,
+        })
+        .min();
+    let wake_at = match (any_fd, earliest) {
+        (true, _) | (false, None) => now,
+        (false, Some(due)) => due,
+    };
+    let deadline = caller.data().deadline;
+    if wake_at > deadline {
+        std::thread::sleep(deadline.saturating_duration_since(now));
+        return Err(WallClockExceeded(deadline.saturating_duration_since(origin)).into());
+    }
+    std::thread::sleep(wake_at.saturating_duration_since(Instant::now()));
+
+    let woke = Instant::now();
+    let mut out = Vec::with_capacity(wakes.len() * EVENT_SIZE);
+    for wake in &wakes {
+        let mut event = [0u8; EVENT_SIZE];
+        match *wake {
+            Wake::Fd { userdata, kind, fd } => {
+                event[0..8].copy_from_slice(&userdata.to_le_bytes());
+                if fd > 2 {
+                    event[8..10].copy_from_slice(&ERRNO_BADF.to_le_bytes());
+                }
+                event[10] = kind;
+            }
+            Wake::Clock { userdata, due } if due <= woke => {
+                event[0..8].copy_from_slice(&userdata.to_le_bytes());
+                event[10] = EVENTTYPE_CLOCK;
+            }
+            Wake::Clock { .. } => continue,
+        }
+        out.extend_from_slice(&event);
+    }
+    let written = (out.len() / EVENT_SIZE) as u32;
+    let data = memory.data_mut(&mut caller);
+    let Some(target) = slice_mut(data, events, out.len()) else {
+        return Ok(ERRNO_FAULT);
+    };
+    target.copy_from_slice(&out);
+    let Some(target) = slice_mut(data, nevents_out, 4) else {
+        return Ok(ERRNO_FAULT);
+    };
+    target.copy_from_slice(&written.to_le_bytes());
+    Ok(ERRNO_SUCCESS)
+}
+
+fn parse(sub: &[u8], now: Instant, origin: Instant) -> Option<Wake> {
+    let userdata = u64::from_le_bytes(sub[0..8].try_into().ok()?);
+    match sub[8] {
+        EVENTTYPE_CLOCK => {
+            let clock = u32::from_le_bytes(sub[16..20].try_into().ok()?);
+            let timeout = u64::from_le_bytes(sub[24..32].try_into().ok()?);
+            let flags = u16::from_le_bytes(sub[40..42].try_into().ok()?);
+            let due = if flags & SUBCLOCKFLAGS_ABSTIME == 0 {
+                now.checked_add(Duration::from_nanos(timeout))
+            } else if clock == CLOCKID_REALTIME {
+                let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
+                let wait = Duration::from_nanos(timeout).saturating_sub(since_epoch);
+                now.checked_add(wait)
+            } else {
+                origin.checked_add(Duration::from_nanos(timeout))
+            };
+            // A due time past the end of representable time is "never": treat as far future.
+            let due = due.unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 100));
+            Some(Wake::Clock { userdata, due })
+        }
+        kind @ (EVENTTYPE_FD_READ | EVENTTYPE_FD_WRITE) => {
+            let fd = u32::from_le_bytes(sub[16..20].try_into().ok()?);
+            Some(Wake::Fd { userdata, kind, fd })
+        }
+        _ => None,
+    }
+}
+
+fn slice(data: &[u8], ptr: u32, len: usize) -> Option<&[u8]> {
+    let start = ptr as usize;
+    data.get(start..start.checked_add(len)?)
+}
+
+fn slice_mut(data: &mut [u8], ptr: u32, len: usize) -> Option<&mut [u8]> {
+    let start = ptr as usize;
+    data.get_mut(start..start.checked_add(len)?)
+}
