@@ -1,1 +1,89 @@
+//! Shared helpers for warren's integration tests: build the guest modules and the binaries once,
+//! and hand out sandboxes and registries configured for tests.
+//!
+//! Every test goes through these helpers so that "how to start warren for a test" is written
+//! once.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use warren_worker::engine::Allocation;
+use warren_worker::{ModuleRegistry, Sandbox, SandboxConfig, TaskRunner};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+}
+
+/// `modules/dist`, with every guest module built (once per test process).
+pub fn modules_dir() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = repo_root();
+        let status = Command::new("bash")
+            .arg(root.join("modules/build.sh"))
+            .status()
+            .expect("cannot run modules/build.sh");
+        assert!(status.success(), "modules/build.sh failed");
+        root.join("modules/dist")
+    })
+}
+
+/// Path of the built module `name`.
+pub fn module_path(name: &str) -> PathBuf {
+    modules_dir().join(format!("{name}.wasm"))
+}
+
+/// Path of a guest used only by tests (`tests/guests/<file>`).
+pub fn test_guest(file: &str) -> PathBuf {
+    repo_root().join("tests/guests").join(file)
+}
+
+/// `target/debug/<name>` (or the profile the tests were built with), built once per process.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--bins", "-p", "warren-worker", "-p", "warren"])
+            .current_dir(repo_root())
+            .status()
+            .expect("cannot run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug").join(name)
+}
+
+/// A sandbox config for tests: `slots` concurrent tasks, small caps so limit tests are quick.
+pub fn test_config(slots: usize) -> SandboxConfig {
+    SandboxConfig {
+        max_concurrent_tasks: Some(slots),
+        timeout: std::time::Duration::from_secs(10),
+        ..SandboxConfig::default()
+    }
+}
+
+/// A registry over a fresh sandbox built from `config`, with its AOT cache in `cache`.
+pub fn registry(config: SandboxConfig, cache: &Path) -> Arc<ModuleRegistry> {
+    let sandbox = Arc::new(Sandbox::new(config, Allocation::Pooled).expect("sandbox"));
+    Arc::new(ModuleRegistry::new(sandbox, cache))
+}
+
+/// A runner over every built module, with the given config. The returned temp dir holds the
+/// AOT cache and must outlive the runner.
+pub fn runner_with(config: SandboxConfig) -> (TaskRunner, tempfile::TempDir) {
+    let cache = tempfile::tempdir().expect("temp dir");
+    let registry = registry(config, cache.path());
+    let report = registry.load_dir(modules_dir()).expect("modules dir readable");
+    assert!(report.failed.is_empty(), "built modules must load: {:?}", report.failed);
+    let runner = TaskRunner::start(registry, "test-worker").expect("executor");
+    (runner, cache)
+}
+
+/// A runner with [`test_config`] and two slots.
+pub fn runner() -> (TaskRunner, tempfile::TempDir) {
+    runner_with(test_config(2))
+}

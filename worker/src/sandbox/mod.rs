@@ -7,6 +7,7 @@
 //! directories, no sockets, no host environment. Each task gets its own store, so nothing leaks
 //! from one task to the next.
 
+mod exit;
 mod outcome;
 mod output;
 mod poll;
@@ -101,6 +102,7 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut SandboxState| &mut state.wasi)
             .and_then(|()| poll::shadow_poll_oneoff(&mut linker))
+            .and_then(|()| exit::shadow_proc_exit(&mut linker))
             .map_err(|e| EngineError::InvalidConfig(format!("cannot link WASI: {e:#}")))?;
         Ok(Sandbox { engine, linker, config })
     }

@@ -1,0 +1,154 @@
+//! The module registry: AOT cache, digest pinning, broken files, hot reload.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use warren_schemas::{ModuleRef, Outcome, Task};
+use warren_tests::{module_path, registry, test_config, test_guest};
+use warren_worker::registry::ResolveError;
+use warren_worker::watch::watch_modules;
+use warren_worker::{ModuleRegistry, TaskRunner};
+
+fn copy_module(name: &str, dir: &Path, as_name: &str) {
+    fs::copy(module_path(name), dir.join(format!("{as_name}.wasm"))).unwrap();
+}
+
+/// Waits (bounded) until `check` holds, re-checking when the watcher may have acted.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn warm_cache_restart_compiles_nothing() {
+    let modules = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    for name in ["echo", "wc", "lookup"] {
+        copy_module(name, modules.path(), name);
+    }
+    let cold = registry(test_config(1), cache.path());
+    let report = cold.load_dir(modules.path()).unwrap();
+    assert_eq!((report.loaded.len(), report.from_cache), (3, 0));
+
+    // A new process (new engine, same configuration) finds every module in the cache.
+    let warm = registry(test_config(1), cache.path());
+    let report = warm.load_dir(modules.path()).unwrap();
+    assert_eq!((report.loaded.len(), report.from_cache), (3, 3));
+    assert_eq!(fs::read_dir(cache.path()).unwrap().count(), 3, "one cache entry per module");
+}
+
+#[test]
+fn corrupt_cache_entries_are_recompiled() {
+    let modules = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    copy_module("echo", modules.path(), "echo");
+    registry(test_config(1), cache.path()).load_dir(modules.path()).unwrap();
+    for entry in fs::read_dir(cache.path()).unwrap() {
+        fs::write(entry.unwrap().path(), b"not a compiled module").unwrap();
+    }
+    let again = registry(test_config(1), cache.path());
+    let report = again.load_dir(modules.path()).unwrap();
+    assert_eq!((report.loaded.len(), report.from_cache, report.failed.len()), (1, 0, 0));
+}
+
+#[test]
+fn broken_files_are_reported_and_skipped() {
+    let modules = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    copy_module("echo", modules.path(), "echo");
+    fs::write(modules.path().join("empty.wasm"), b"").unwrap();
+    fs::write(modules.path().join("garbage.wasm"), b"\x00asm\x01\x00\x00\x00garbage").unwrap();
+    fs::write(modules.path().join("text.wasm"), b"hello, I am not wasm").unwrap();
+    fs::copy(test_guest("unsupported_import.wat"), modules.path().join("importer.wasm")).unwrap();
+    fs::copy(test_guest("not_a_command.wat"), modules.path().join("reactor.wasm")).unwrap();
+    fs::write(modules.path().join("ignored.txt"), b"not a module file").unwrap();
+
+    let registry = registry(test_config(1), cache.path());
+    let report = registry.load_dir(modules.path()).unwrap();
+    assert_eq!(report.loaded.len(), 1, "only echo loads: {:?}", report.loaded);
+    let reasons: Vec<String> = report.failed.iter().map(|e| e.to_string()).collect();
+    assert_eq!(reasons.len(), 5, "{reasons:#?}");
+    let importer = reasons.iter().find(|r| r.contains("importer.wasm")).unwrap();
+    assert!(importer.contains("env::launch_missiles"), "the error names the import: {importer}");
+    let reactor = reasons.iter().find(|r| r.contains("reactor.wasm")).unwrap();
+    assert!(reactor.contains("_start"), "{reactor}");
+    assert!(registry.resolve(&ModuleRef::latest("echo")).is_ok());
+}
+
+#[test]
+fn digest_pinning_finds_exact_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let registry = registry(test_config(1), cache.path());
+    copy_module("echo", dir.path(), "tool");
+    registry.load_dir(dir.path()).unwrap();
+    let v1 = registry.resolve(&ModuleRef::latest("tool")).unwrap();
+    copy_module("upper", dir.path(), "tool");
+    touch_later(&dir.path().join("tool.wasm"));
+    registry.load_dir(dir.path()).unwrap();
+    let v2 = registry.resolve(&ModuleRef::latest("tool")).unwrap();
+    assert_ne!(v1.digest, v2.digest, "the newest version is the default");
+
+    let pinned: ModuleRef = format!("tool@{}", &v1.digest[..8]).parse().unwrap();
+    assert_eq!(registry.resolve(&pinned).unwrap().digest, v1.digest, "old version still pinnable");
+    let unknown: ModuleRef = "tool@0000ffff".parse().unwrap();
+    assert!(matches!(registry.resolve(&unknown), Err(ResolveError::NotFound(_))));
+}
+
+/// Gives `path` an mtime clearly different from before, even on coarse-timestamp filesystems.
+fn touch_later(path: &Path) {
+    let file = fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(2)).unwrap();
+}
+
+#[test]
+fn hot_reload_adds_replaces_and_removes_modules() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let registry: Arc<ModuleRegistry> = registry(test_config(2), cache.path());
+    copy_module("echo", dir.path(), "job");
+    registry.load_dir(dir.path()).unwrap();
+    let _watcher = watch_modules(registry.clone(), dir.path()).unwrap();
+    let runner = TaskRunner::start(registry.clone(), "reload-test").unwrap();
+    let run = |name: &str, input: &[u8]| runner.run_blocking(Task::new(ModuleRef::latest(name), input.to_vec()), 1);
+    assert_eq!(run("job", b"abc").stdout, b"abc");
+
+    // A task holding the old version keeps it while the file is replaced.
+    let old = registry.resolve(&ModuleRef::latest("job")).unwrap();
+
+    // New module appears without restart.
+    copy_module("wc", dir.path(), "counter");
+    eventually("counter to load", || registry.resolve(&ModuleRef::latest("counter")).is_ok());
+    assert_eq!(run("counter", b"a b\n").stdout, b"1 2 4\n");
+
+    // Changed file: new version serves new tasks.
+    let staged = dir.path().join(".job.staging");
+    fs::copy(module_path("upper"), &staged).unwrap();
+    fs::rename(&staged, dir.path().join("job.wasm")).unwrap();
+    eventually("job to be replaced", || {
+        registry.resolve(&ModuleRef::latest("job")).map(|m| m.digest != old.digest).unwrap_or(false)
+    });
+    assert_eq!(run("job", b"abc").stdout, b"ABC");
+    let on_old = registry.sandbox().run(&old.pre, warren_worker::sandbox::GuestCall {
+        program: "job".into(),
+        input: b"abc".to_vec(),
+        ..Default::default()
+    });
+    assert_eq!(on_old.stdout, b"abc", "the old version still runs for whoever holds it");
+
+    // A broken replacement is reported; the previous good version keeps serving.
+    fs::write(dir.path().join("job.wasm"), b"truncated junk").unwrap();
+    copy_module("echo", dir.path(), "marker");
+    eventually("marker to load after the broken write", || registry.resolve(&ModuleRef::latest("marker")).is_ok());
+    assert_eq!(run("job", b"abc").stdout, b"ABC");
+
+    // Removed file: module gone.
+    fs::remove_file(dir.path().join("counter.wasm")).unwrap();
+    eventually("counter to unload", || registry.resolve(&ModuleRef::latest("counter")).is_err());
+    assert_eq!(run("counter", b"").outcome, Outcome::ModuleNotFound { module: "counter".into() });
+}
