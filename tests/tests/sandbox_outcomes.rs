@@ -306,3 +306,29 @@ fn concurrent_tasks_each_get_their_own_sandbox() {
         }
     }
 }
+
+/// Runs a test-only WAT guest (tests/guests) once, in its own registry.
+fn run_guest(file: &str, timeout_ms: u64) -> TaskResult {
+    let dir = tempfile::tempdir().unwrap();
+    let name = file.trim_end_matches(".wat").replace('_', "-");
+    std::fs::copy(warren_tests::test_guest(file), dir.path().join(format!("{name}.wasm"))).unwrap();
+    let registry = warren_tests::registry(test_config(1), dir.path());
+    let report = registry.load_dir(dir.path()).unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let runner = TaskRunner::start(registry, "guest-test").unwrap();
+    let mut t = task(&name, b"", &[]);
+    t.limits.timeout_ms = Some(timeout_ms);
+    run(&runner, t)
+}
+
+#[test]
+fn a_sleep_of_centuries_ends_at_the_wall_clock_deadline() {
+    let result = run_guest("sleep_forever.wat", 200);
+    assert_eq!(result.outcome, Outcome::Timeout { limit_ms: 200 });
+}
+
+#[test]
+fn an_infinite_loop_during_instantiation_is_a_timeout() {
+    let result = run_guest("start_section_loop.wat", 200);
+    assert_eq!(result.outcome, Outcome::Timeout { limit_ms: 200 });
+}

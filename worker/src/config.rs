@@ -36,6 +36,8 @@ pub const DEFAULT_TABLE_ELEMENTS: usize = 20_000;
 pub const DEFAULT_MAX_CORE_INSTANCE_SIZE: u64 = 1 << 20;
 /// Default guest call-stack cap: 512 KiB (deeper recursion traps as a stack overflow).
 pub const DEFAULT_MAX_WASM_STACK: u64 = 512 << 10;
+/// Default dirty memory reset in place per freed slot: 64 KiB (see `keep_resident`).
+pub const DEFAULT_KEEP_RESIDENT: u64 = 64 << 10;
 /// Default epoch tick: 10 ms. Deadlines are rounded up to whole ticks.
 pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -84,6 +86,13 @@ pub struct SandboxConfig {
     #[arg(long, env = "WARREN_MAX_WASM_STACK", default_value = "512KiB", value_parser = parse_bytes)]
     pub max_wasm_stack: u64,
 
+    /// Dirty memory a freed slot resets in place (memset / copy from the image) instead of
+    /// returning it to the kernel. With Linux ≥ 6.7 only pages the task actually wrote are
+    /// touched (PAGEMAP_SCAN). Keeps pages resident — up to this much per slot — and saves the
+    /// page faults and TLB-shootdown IPIs of `madvise` on every task. 0 = always `madvise`.
+    #[arg(long, env = "WARREN_KEEP_RESIDENT", default_value = "64KiB", value_parser = parse_bytes)]
+    pub keep_resident: u64,
+
     /// How often the epoch ticker advances; CPU deadlines are measured in these ticks.
     #[arg(long, env = "WARREN_EPOCH_TICK", default_value = "10ms", value_parser = parse_duration)]
     pub epoch_tick: Duration,
@@ -102,6 +111,7 @@ impl Default for SandboxConfig {
             table_elements: DEFAULT_TABLE_ELEMENTS,
             max_core_instance_size: DEFAULT_MAX_CORE_INSTANCE_SIZE,
             max_wasm_stack: DEFAULT_MAX_WASM_STACK,
+            keep_resident: DEFAULT_KEEP_RESIDENT,
             epoch_tick: DEFAULT_EPOCH_TICK,
         }
     }

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::thread;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::config::SandboxConfig;
 
@@ -103,6 +103,11 @@ fn pool_config(config: &SandboxConfig, slots: usize) -> Result<PoolingAllocation
             config.max_core_instance_size,
             "--max-core-instance-size",
         )?)
+        // Reset what a task dirtied in place (only the pages it wrote, where the kernel can tell
+        // us) instead of madvise + page faults + TLB shootdowns on the next task.
+        .linear_memory_keep_resident(to_usize(config.keep_resident, "--keep-resident")?)
+        .table_keep_resident(to_usize(config.keep_resident, "--keep-resident")?)
+        .pagemap_scan(Enabled::Auto)
         // A slot freed by module M is preferably handed to M again, keeping its CoW mapping warm.
         .max_unused_warm_slots(slots);
     Ok(pool)

@@ -40,6 +40,11 @@ pub struct InstantiateBenchArgs {
     #[arg(long = "module", default_values_t = ["echo".to_string(), "lookup".to_string()])]
     pub modules: Vec<String>,
 
+    /// Only these strategies (`a-ondemand-copy-linker`, `b-ondemand-cow-pre`, `c-warren`);
+    /// default: all three.
+    #[arg(long = "strategy")]
+    pub strategies: Vec<String>,
+
     /// Where modules come from.
     #[command(flatten)]
     pub source: ModuleSource,
@@ -77,6 +82,9 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
     for name in &args.modules {
         let path = args.source.modules_dir.join(format!("{name}.wasm"));
         for (strategy, allocation) in STRATEGIES {
+            if !args.strategies.is_empty() && !args.strategies.iter().any(|s| s == strategy) {
+                continue;
+            }
             let config = SandboxConfig {
                 max_concurrent_tasks: Some(cores),
                 ..SandboxConfig::default()
