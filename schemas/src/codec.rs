@@ -107,7 +107,9 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8], max_len: usize) -> Result<T, De
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BatchRef, ModuleRef, Outcome, ResolvedModule, Task, TaskLimits, TaskResult, Timings};
+    use crate::{
+        BatchRef, ModuleRef, Outcome, ResolvedModule, Task, TaskLimits, TaskResult, Timings,
+    };
     use proptest::prelude::*;
     use uuid::Uuid;
 
@@ -156,7 +158,10 @@ mod tests {
         let task = sample_task();
         let frame = encode(&task);
         assert_eq!(frame[0], WIRE_VERSION);
-        assert_eq!(decode::<Task>(&frame, DEFAULT_MAX_MESSAGE_BYTES).unwrap(), task);
+        assert_eq!(
+            decode::<Task>(&frame, DEFAULT_MAX_MESSAGE_BYTES).unwrap(),
+            task
+        );
     }
 
     #[test]
@@ -164,12 +169,18 @@ mod tests {
         let outcomes = [
             Outcome::Success,
             Outcome::NonZeroExit { code: 1 },
-            Outcome::Trap { message: "unreachable".into() },
+            Outcome::Trap {
+                message: "unreachable".into(),
+            },
             Outcome::Timeout { limit_ms: 5 },
             Outcome::MemoryLimitExceeded { limit_bytes: 9 },
             Outcome::OutputLimitExceeded { limit_bytes: 9 },
-            Outcome::ModuleNotFound { module: "nope".into() },
-            Outcome::InvalidTask { reason: "bad".into() },
+            Outcome::ModuleNotFound {
+                module: "nope".into(),
+            },
+            Outcome::InvalidTask {
+                reason: "bad".into(),
+            },
         ];
         for outcome in outcomes {
             let result = sample_result(outcome);

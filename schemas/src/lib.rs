@@ -15,6 +15,8 @@ pub mod codec;
 pub mod result;
 pub mod task;
 
-pub use codec::{decode, encode, DecodeError, CONTENT_TYPE, DEFAULT_MAX_MESSAGE_BYTES, WIRE_VERSION};
+pub use codec::{
+    decode, encode, DecodeError, CONTENT_TYPE, DEFAULT_MAX_MESSAGE_BYTES, WIRE_VERSION,
+};
 pub use result::{Outcome, ResolvedModule, TaskResult, Timings};
 pub use task::{BatchRef, ModuleRef, ModuleRefError, Task, TaskId, TaskLimits};

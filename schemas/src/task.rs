@@ -102,7 +102,9 @@ pub struct ModuleRef {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModuleRefError {
     /// The name part is empty or has characters a file stem cannot safely have.
-    #[error("invalid module name {0:?}: use letters, digits, '-', '_' or '.', not starting with '.'")]
+    #[error(
+        "invalid module name {0:?}: use letters, digits, '-', '_' or '.', not starting with '.'"
+    )]
     InvalidName(String),
     /// The digest part is not lowercase hex, or is shorter than 4 characters, or longer than 64.
     #[error("invalid module digest {0:?}: expected 4 to 64 lowercase hex characters")]
@@ -187,8 +189,19 @@ mod tests {
 
     #[test]
     fn module_ref_rejects_paths_and_bad_digests() {
-        for bad in ["", "../etc/passwd", "a/b", ".hidden", "wc@xyz1", "wc@ab", "wc@"] {
-            assert!(bad.parse::<ModuleRef>().is_err(), "{bad:?} should be refused");
+        for bad in [
+            "",
+            "../etc/passwd",
+            "a/b",
+            ".hidden",
+            "wc@xyz1",
+            "wc@ab",
+            "wc@",
+        ] {
+            assert!(
+                bad.parse::<ModuleRef>().is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 }

@@ -13,7 +13,10 @@ use warren_worker::{ModuleRegistry, Sandbox, SandboxConfig, TaskRunner};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
 }
 
 /// `modules/dist`, with every guest module built (once per test process).
@@ -77,8 +80,14 @@ pub fn registry(config: SandboxConfig, cache: &Path) -> Arc<ModuleRegistry> {
 pub fn runner_with(config: SandboxConfig) -> (TaskRunner, tempfile::TempDir) {
     let cache = tempfile::tempdir().expect("temp dir");
     let registry = registry(config, cache.path());
-    let report = registry.load_dir(modules_dir()).expect("modules dir readable");
-    assert!(report.failed.is_empty(), "built modules must load: {:?}", report.failed);
+    let report = registry
+        .load_dir(modules_dir())
+        .expect("modules dir readable");
+    assert!(
+        report.failed.is_empty(),
+        "built modules must load: {:?}",
+        report.failed
+    );
     let runner = TaskRunner::start(registry, "test-worker").expect("executor");
     (runner, cache)
 }

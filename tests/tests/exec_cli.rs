@@ -9,11 +9,11 @@ fn exec(args: &[&str], stdin: &[u8]) -> Output {
     let cache = tempfile::tempdir().unwrap();
     let mut child = Command::new(binary("warren-worker"))
         .arg("exec")
-        .args(args)
         .arg("--modules")
         .arg(modules_dir())
         .arg("--cache")
         .arg(cache.path())
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -36,7 +36,10 @@ fn runs_a_module_on_a_file_and_reports_on_stderr() {
     let lines = text.iter().filter(|&&b| b == b'\n').count();
     let stdout = String::from_utf8(output.stdout.clone()).unwrap();
     assert!(stdout.starts_with(&format!("{lines} ")), "{stdout}");
-    assert!(stdout.trim_end().ends_with(&format!(" {}", text.len())), "{stdout}");
+    assert!(
+        stdout.trim_end().ends_with(&format!(" {}", text.len())),
+        "{stdout}"
+    );
     let report = stderr(&output);
     assert!(report.contains("warren: success | module wc@"), "{report}");
     assert!(report.contains("instantiate"), "{report}");
@@ -45,7 +48,10 @@ fn runs_a_module_on_a_file_and_reports_on_stderr() {
 #[test]
 fn reads_stdin_with_dash_and_passes_args_and_env() {
     let output = exec(&["upper", "--input", "-"], b"shout");
-    assert_eq!((output.status.code(), output.stdout.as_slice()), (Some(0), &b"SHOUT"[..]));
+    assert_eq!(
+        (output.status.code(), output.stdout.as_slice()),
+        (Some(0), &b"SHOUT"[..])
+    );
 
     let output = exec(&["escape", "--env", "GREETING=hello", "--", "a", "b"], b"");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -76,7 +82,11 @@ fn outcomes_without_an_exit_code_map_to_documented_codes() {
 
     let missing = exec(&["no-such-module"], b"");
     assert_eq!(missing.status.code(), Some(127));
-    assert!(stderr(&missing).contains("modules available in"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("modules available in"),
+        "{}",
+        stderr(&missing)
+    );
 
     let trap = exec(&["trap"], b"");
     assert_eq!(trap.status.code(), Some(128));
@@ -93,7 +103,11 @@ fn runs_a_wasm_file_by_path() {
 fn bad_arguments_get_clear_errors() {
     let output = exec(&["echo", "--input", "/definitely/not/here"], b"");
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("cannot read input file /definitely/not/here"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("cannot read input file /definitely/not/here"),
+        "{}",
+        stderr(&output)
+    );
 
     let output = exec(&["echo", "--max-memory", "lots"], b"");
     assert_eq!(output.status.code(), Some(2), "clap usage error");

@@ -39,7 +39,11 @@ fn warm_cache_restart_compiles_nothing() {
     let warm = registry(test_config(1), cache.path());
     let report = warm.load_dir(modules.path()).unwrap();
     assert_eq!((report.loaded.len(), report.from_cache), (3, 3));
-    assert_eq!(fs::read_dir(cache.path()).unwrap().count(), 3, "one cache entry per module");
+    assert_eq!(
+        fs::read_dir(cache.path()).unwrap().count(),
+        3,
+        "one cache entry per module"
+    );
 }
 
 #[test]
@@ -47,13 +51,18 @@ fn corrupt_cache_entries_are_recompiled() {
     let modules = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     copy_module("echo", modules.path(), "echo");
-    registry(test_config(1), cache.path()).load_dir(modules.path()).unwrap();
+    registry(test_config(1), cache.path())
+        .load_dir(modules.path())
+        .unwrap();
     for entry in fs::read_dir(cache.path()).unwrap() {
         fs::write(entry.unwrap().path(), b"not a compiled module").unwrap();
     }
     let again = registry(test_config(1), cache.path());
     let report = again.load_dir(modules.path()).unwrap();
-    assert_eq!((report.loaded.len(), report.from_cache, report.failed.len()), (1, 0, 0));
+    assert_eq!(
+        (report.loaded.len(), report.from_cache, report.failed.len()),
+        (1, 0, 0)
+    );
 }
 
 #[test]
@@ -62,19 +71,42 @@ fn broken_files_are_reported_and_skipped() {
     let cache = tempfile::tempdir().unwrap();
     copy_module("echo", modules.path(), "echo");
     fs::write(modules.path().join("empty.wasm"), b"").unwrap();
-    fs::write(modules.path().join("garbage.wasm"), b"\x00asm\x01\x00\x00\x00garbage").unwrap();
+    fs::write(
+        modules.path().join("garbage.wasm"),
+        b"\x00asm\x01\x00\x00\x00garbage",
+    )
+    .unwrap();
     fs::write(modules.path().join("text.wasm"), b"hello, I am not wasm").unwrap();
-    fs::copy(test_guest("unsupported_import.wat"), modules.path().join("importer.wasm")).unwrap();
-    fs::copy(test_guest("not_a_command.wat"), modules.path().join("reactor.wasm")).unwrap();
+    fs::copy(
+        test_guest("unsupported_import.wat"),
+        modules.path().join("importer.wasm"),
+    )
+    .unwrap();
+    fs::copy(
+        test_guest("not_a_command.wat"),
+        modules.path().join("reactor.wasm"),
+    )
+    .unwrap();
     fs::write(modules.path().join("ignored.txt"), b"not a module file").unwrap();
 
     let registry = registry(test_config(1), cache.path());
     let report = registry.load_dir(modules.path()).unwrap();
-    assert_eq!(report.loaded.len(), 1, "only echo loads: {:?}", report.loaded);
+    assert_eq!(
+        report.loaded.len(),
+        1,
+        "only echo loads: {:?}",
+        report.loaded
+    );
     let reasons: Vec<String> = report.failed.iter().map(|e| e.to_string()).collect();
     assert_eq!(reasons.len(), 5, "{reasons:#?}");
-    let importer = reasons.iter().find(|r| r.contains("importer.wasm")).unwrap();
-    assert!(importer.contains("env::launch_missiles"), "the error names the import: {importer}");
+    let importer = reasons
+        .iter()
+        .find(|r| r.contains("importer.wasm"))
+        .unwrap();
+    assert!(
+        importer.contains("env::launch_missiles"),
+        "the error names the import: {importer}"
+    );
     let reactor = reasons.iter().find(|r| r.contains("reactor.wasm")).unwrap();
     assert!(reactor.contains("_start"), "{reactor}");
     assert!(registry.resolve(&ModuleRef::latest("echo")).is_ok());
@@ -95,15 +127,23 @@ fn digest_pinning_finds_exact_versions() {
     assert_ne!(v1.digest, v2.digest, "the newest version is the default");
 
     let pinned: ModuleRef = format!("tool@{}", &v1.digest[..8]).parse().unwrap();
-    assert_eq!(registry.resolve(&pinned).unwrap().digest, v1.digest, "old version still pinnable");
+    assert_eq!(
+        registry.resolve(&pinned).unwrap().digest,
+        v1.digest,
+        "old version still pinnable"
+    );
     let unknown: ModuleRef = "tool@0000ffff".parse().unwrap();
-    assert!(matches!(registry.resolve(&unknown), Err(ResolveError::NotFound(_))));
+    assert!(matches!(
+        registry.resolve(&unknown),
+        Err(ResolveError::NotFound(_))
+    ));
 }
 
 /// Gives `path` an mtime clearly different from before, even on coarse-timestamp filesystems.
 fn touch_later(path: &Path) {
     let file = fs::File::options().write(true).open(path).unwrap();
-    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(2)).unwrap();
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(2))
+        .unwrap();
 }
 
 #[test]
@@ -115,7 +155,9 @@ fn hot_reload_adds_replaces_and_removes_modules() {
     registry.load_dir(dir.path()).unwrap();
     let _watcher = watch_modules(registry.clone(), dir.path()).unwrap();
     let runner = TaskRunner::start(registry.clone(), "reload-test").unwrap();
-    let run = |name: &str, input: &[u8]| runner.run_blocking(Task::new(ModuleRef::latest(name), input.to_vec()), 1);
+    let run = |name: &str, input: &[u8]| {
+        runner.run_blocking(Task::new(ModuleRef::latest(name), input.to_vec()), 1)
+    };
     assert_eq!(run("job", b"abc").stdout, b"abc");
 
     // A task holding the old version keeps it while the file is replaced.
@@ -123,7 +165,9 @@ fn hot_reload_adds_replaces_and_removes_modules() {
 
     // New module appears without restart.
     copy_module("wc", dir.path(), "counter");
-    eventually("counter to load", || registry.resolve(&ModuleRef::latest("counter")).is_ok());
+    eventually("counter to load", || {
+        registry.resolve(&ModuleRef::latest("counter")).is_ok()
+    });
     assert_eq!(run("counter", b"a b\n").stdout, b"1 2 4\n");
 
     // Changed file: new version serves new tasks.
@@ -131,24 +175,42 @@ fn hot_reload_adds_replaces_and_removes_modules() {
     fs::copy(module_path("upper"), &staged).unwrap();
     fs::rename(&staged, dir.path().join("job.wasm")).unwrap();
     eventually("job to be replaced", || {
-        registry.resolve(&ModuleRef::latest("job")).map(|m| m.digest != old.digest).unwrap_or(false)
+        registry
+            .resolve(&ModuleRef::latest("job"))
+            .map(|m| m.digest != old.digest)
+            .unwrap_or(false)
     });
     assert_eq!(run("job", b"abc").stdout, b"ABC");
-    let on_old = registry.sandbox().run(&old.pre, warren_worker::sandbox::GuestCall {
-        program: "job".into(),
-        input: b"abc".to_vec(),
-        ..Default::default()
-    });
-    assert_eq!(on_old.stdout, b"abc", "the old version still runs for whoever holds it");
+    let on_old = registry.sandbox().run(
+        &old.pre,
+        warren_worker::sandbox::GuestCall {
+            program: "job".into(),
+            input: b"abc".to_vec(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        on_old.stdout, b"abc",
+        "the old version still runs for whoever holds it"
+    );
 
     // A broken replacement is reported; the previous good version keeps serving.
     fs::write(dir.path().join("job.wasm"), b"truncated junk").unwrap();
     copy_module("echo", dir.path(), "marker");
-    eventually("marker to load after the broken write", || registry.resolve(&ModuleRef::latest("marker")).is_ok());
+    eventually("marker to load after the broken write", || {
+        registry.resolve(&ModuleRef::latest("marker")).is_ok()
+    });
     assert_eq!(run("job", b"abc").stdout, b"ABC");
 
     // Removed file: module gone.
     fs::remove_file(dir.path().join("counter.wasm")).unwrap();
-    eventually("counter to unload", || registry.resolve(&ModuleRef::latest("counter")).is_err());
-    assert_eq!(run("counter", b"").outcome, Outcome::ModuleNotFound { module: "counter".into() });
+    eventually("counter to unload", || {
+        registry.resolve(&ModuleRef::latest("counter")).is_err()
+    });
+    assert_eq!(
+        run("counter", b"").outcome,
+        Outcome::ModuleNotFound {
+            module: "counter".into()
+        }
+    );
 }

@@ -30,7 +30,10 @@ fn assert_still_serving(runner: &TaskRunner) {
 fn useful_modules_compute_the_right_answers() {
     let (runner, _cache) = runner();
     let echo = run(&runner, task("echo", b"hello\x00world", &[]));
-    assert_eq!((echo.outcome, echo.stdout, echo.exit_code), (Outcome::Success, b"hello\x00world".to_vec(), Some(0)));
+    assert_eq!(
+        (echo.outcome, echo.stdout, echo.exit_code),
+        (Outcome::Success, b"hello\x00world".to_vec(), Some(0))
+    );
 
     let upper = run(&runner, task("upper", "grüße, world".as_bytes(), &[]));
     assert_eq!(upper.stdout, "GRüßE, WORLD".as_bytes());
@@ -40,11 +43,19 @@ fn useful_modules_compute_the_right_answers() {
 
     let input = b"the quick brown fox".repeat(1000);
     let sha = run(&runner, task("sha256", &input, &[]));
-    assert_eq!(String::from_utf8(sha.stdout).unwrap(), format!("{}\n", hex::encode(Sha256::digest(&input))));
+    assert_eq!(
+        String::from_utf8(sha.stdout).unwrap(),
+        format!("{}\n", hex::encode(Sha256::digest(&input)))
+    );
 
     let csv = b"city,temp\n\"Oslo, NO\",3.5\nRome,18\nOslo,\n";
     let summary = run(&runner, task("csv2json", csv, &[]));
-    assert_eq!(summary.outcome, Outcome::Success, "{}", String::from_utf8_lossy(&summary.stderr));
+    assert_eq!(
+        summary.outcome,
+        Outcome::Success,
+        "{}",
+        String::from_utf8_lossy(&summary.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&summary.stdout).unwrap();
     assert_eq!(json["rows"], 3);
     assert_eq!(json["columns"][0]["name"], "city");
@@ -62,7 +73,10 @@ fn malformed_csv_is_a_nonzero_exit_not_a_crash() {
     let result = run(&runner, task("csv2json", b"a,b\n1,2,3\n", &[]));
     assert_eq!(result.outcome, Outcome::NonZeroExit { code: 2 });
     assert_eq!(result.exit_code, Some(2));
-    assert!(!result.stderr.is_empty(), "the guest explains itself on stderr");
+    assert!(
+        !result.stderr.is_empty(),
+        "the guest explains itself on stderr"
+    );
     assert_still_serving(&runner);
 }
 
@@ -71,9 +85,17 @@ fn lookup_reads_its_large_table_consistently() {
     let (runner, _cache) = runner();
     let first = run(&runner, task("lookup", b"1\n2\n1\n", &[]));
     assert_eq!(first.outcome, Outcome::Success);
-    let lines: Vec<&str> = std::str::from_utf8(&first.stdout).unwrap().lines().collect();
+    let lines: Vec<&str> = std::str::from_utf8(&first.stdout)
+        .unwrap()
+        .lines()
+        .collect();
     assert_eq!(lines.len(), 3);
-    assert!(lines.iter().all(|l| l.len() == 16 && l.bytes().all(|b| b.is_ascii_hexdigit())), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.len() == 16 && l.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{lines:?}"
+    );
     assert_eq!(lines[0], lines[2], "same key, same entry");
     assert_ne!(lines[0], lines[1], "different keys, different entries");
     // A second instance sees the same (copy-on-write) table.
@@ -86,7 +108,11 @@ fn every_exit_code_is_reported_as_is() {
     let (runner, _cache) = runner();
     for code in 0..=255 {
         let result = run(&runner, task("exit", b"", &[&code.to_string()]));
-        let expected = if code == 0 { Outcome::Success } else { Outcome::NonZeroExit { code } };
+        let expected = if code == 0 {
+            Outcome::Success
+        } else {
+            Outcome::NonZeroExit { code }
+        };
         assert_eq!(result.outcome, expected, "exit code {code}");
         assert_eq!(result.exit_code, Some(code));
     }
@@ -96,9 +122,19 @@ fn every_exit_code_is_reported_as_is() {
 fn panics_and_wasm_traps_are_trap_outcomes() {
     let (runner, _cache) = runner();
     let panic = run(&runner, task("trap", b"", &[]));
-    assert!(matches!(panic.outcome, Outcome::Trap { .. }), "{:?}", panic.outcome);
-    assert!(String::from_utf8_lossy(&panic.stderr).contains("boom"), "the panic message reaches stderr");
-    for (arg, needle) in [("unreachable", "unreachable"), ("divzero", "divide by zero")] {
+    assert!(
+        matches!(panic.outcome, Outcome::Trap { .. }),
+        "{:?}",
+        panic.outcome
+    );
+    assert!(
+        String::from_utf8_lossy(&panic.stderr).contains("boom"),
+        "the panic message reaches stderr"
+    );
+    for (arg, needle) in [
+        ("unreachable", "unreachable"),
+        ("divzero", "divide by zero"),
+    ] {
         let result = run(&runner, task("trap", b"", &[arg]));
         match &result.outcome {
             Outcome::Trap { message } => assert!(message.contains(needle), "{arg}: {message}"),
@@ -125,7 +161,10 @@ fn cpu_deadline_obeyed() {
     let mut bounded = task("spin", b"", &["20"]);
     bounded.limits.timeout_ms = Some(5_000);
     let result = run(&runner, bounded);
-    assert_eq!((result.outcome, result.stdout), (Outcome::Success, b"done\n".to_vec()));
+    assert_eq!(
+        (result.outcome, result.stdout),
+        (Outcome::Success, b"done\n".to_vec())
+    );
 }
 
 #[test]
@@ -144,8 +183,14 @@ fn sleeping_guest_obeys_the_deadline() {
     let mut short = task("sleep", b"woke", &["30"]);
     short.limits.timeout_ms = Some(5_000);
     let result = run(&runner, short);
-    assert_eq!((result.outcome, result.stdout), (Outcome::Success, b"woke".to_vec()));
-    assert!(result.timings.run_ns >= 30_000_000, "the guest really slept");
+    assert_eq!(
+        (result.outcome, result.stdout),
+        (Outcome::Success, b"woke".to_vec())
+    );
+    assert!(
+        result.timings.run_ns >= 30_000_000,
+        "the guest really slept"
+    );
 }
 
 #[test]
@@ -156,7 +201,11 @@ fn sleeping_past_the_deadline_is_a_timeout() {
     let result = run(&runner, long);
     assert_eq!(result.outcome, Outcome::Timeout { limit_ms: 150 });
     // Ten minutes asked, stopped at the deadline: the executor thread was not held hostage.
-    assert!(result.timings.run_ns < 60_000_000_000, "run took {} ns", result.timings.run_ns);
+    assert!(
+        result.timings.run_ns < 60_000_000_000,
+        "run took {} ns",
+        result.timings.run_ns
+    );
     assert_still_serving(&runner);
 }
 
@@ -174,11 +223,21 @@ fn memory_limit_violated_at_instantiation_and_at_runtime() {
     let (runner, _cache) = runner();
     let mut tight = task("lookup", b"3\n", &[]);
     tight.limits.max_memory_bytes = Some(16 << 20);
-    assert_eq!(run(&runner, tight).outcome, Outcome::MemoryLimitExceeded { limit_bytes: 16 << 20 });
+    assert_eq!(
+        run(&runner, tight).outcome,
+        Outcome::MemoryLimitExceeded {
+            limit_bytes: 16 << 20
+        }
+    );
 
     let mut bomb = task("membomb", b"", &[]);
     bomb.limits.max_memory_bytes = Some(32 << 20);
-    assert_eq!(run(&runner, bomb).outcome, Outcome::MemoryLimitExceeded { limit_bytes: 32 << 20 });
+    assert_eq!(
+        run(&runner, bomb).outcome,
+        Outcome::MemoryLimitExceeded {
+            limit_bytes: 32 << 20
+        }
+    );
     assert_still_serving(&runner);
 }
 
@@ -189,7 +248,12 @@ fn memory_bomb_is_stopped_by_the_worker_cap() {
         ..test_config(1)
     });
     let result = run(&runner, task("membomb", b"", &[]));
-    assert_eq!(result.outcome, Outcome::MemoryLimitExceeded { limit_bytes: 48 << 20 });
+    assert_eq!(
+        result.outcome,
+        Outcome::MemoryLimitExceeded {
+            limit_bytes: 48 << 20
+        }
+    );
 }
 
 #[test]
@@ -198,7 +262,10 @@ fn output_limit_obeyed() {
     let mut exact = task("echo", &[b'x'; 1000], &[]);
     exact.limits.max_output_bytes = Some(1000);
     let result = run(&runner, exact);
-    assert_eq!((result.outcome, result.stdout.len()), (Outcome::Success, 1000));
+    assert_eq!(
+        (result.outcome, result.stdout.len()),
+        (Outcome::Success, 1000)
+    );
 }
 
 #[test]
@@ -206,12 +273,20 @@ fn output_limit_violated() {
     let (runner, _cache) = runner();
     let mut over = task("echo", &[b'x'; 1001], &[]);
     over.limits.max_output_bytes = Some(1000);
-    assert_eq!(run(&runner, over).outcome, Outcome::OutputLimitExceeded { limit_bytes: 1000 });
+    assert_eq!(
+        run(&runner, over).outcome,
+        Outcome::OutputLimitExceeded { limit_bytes: 1000 }
+    );
 
     let mut flood = task("flood", b"", &[]);
     flood.limits.max_output_bytes = Some(1 << 20);
     let result = run(&runner, flood);
-    assert_eq!(result.outcome, Outcome::OutputLimitExceeded { limit_bytes: 1 << 20 });
+    assert_eq!(
+        result.outcome,
+        Outcome::OutputLimitExceeded {
+            limit_bytes: 1 << 20
+        }
+    );
     assert!(result.stdout.len() <= 1 << 20);
     assert_still_serving(&runner);
 }
@@ -224,7 +299,10 @@ fn stderr_flood_is_truncated_and_ends_at_the_deadline() {
     let result = run(&runner, flood);
     assert_eq!(result.outcome, Outcome::Timeout { limit_ms: 300 });
     assert!(result.stderr_truncated);
-    assert_eq!(result.stderr.len() as u64, warren_worker::config::DEFAULT_MAX_STDERR);
+    assert_eq!(
+        result.stderr.len() as u64,
+        warren_worker::config::DEFAULT_MAX_STDERR
+    );
 }
 
 #[test]
@@ -234,31 +312,58 @@ fn escape_attempts_fail_inside_the_sandbox() {
     attempt.env = vec![("GREETING".into(), "hi".into())];
     let result = run(&runner, attempt);
     let report = String::from_utf8(result.stdout.clone()).unwrap();
-    assert_eq!(result.outcome, Outcome::Success, "something escaped:\n{report}");
+    assert_eq!(
+        result.outcome,
+        Outcome::Success,
+        "something escaped:\n{report}"
+    );
     assert!(report.contains("file /etc/passwd: denied"), "{report}");
     assert!(report.contains("file .: denied"), "{report}");
     assert!(report.contains("env HOME: absent"), "{report}");
     assert!(report.contains("env AMQP_URL: absent"), "{report}");
-    assert!(report.contains("env GREETING: PRESENT=hi"), "explicit env reaches the guest: {report}");
-    assert!(report.contains("env count: 1"), "only the task's env is visible: {report}");
+    assert!(
+        report.contains("env GREETING: PRESENT=hi"),
+        "explicit env reaches the guest: {report}"
+    );
+    assert!(
+        report.contains("env count: 1"),
+        "only the task's env is visible: {report}"
+    );
     assert!(report.contains("socket 127.0.0.1:5672: denied"), "{report}");
-    assert!(report.contains("args: escape --flag two words"), "argv[0] is the module name: {report}");
+    assert!(
+        report.contains("args: escape --flag two words"),
+        "argv[0] is the module name: {report}"
+    );
 }
 
 #[test]
 fn unknown_module_and_bad_reference_are_outcomes() {
     let (runner, _cache) = runner();
     let missing = run(&runner, task("no-such-module", b"", &[]));
-    assert_eq!(missing.outcome, Outcome::ModuleNotFound { module: "no-such-module".into() });
+    assert_eq!(
+        missing.outcome,
+        Outcome::ModuleNotFound {
+            module: "no-such-module".into()
+        }
+    );
     assert_eq!(missing.module, None);
 
     let mut bad = task("echo", b"", &[]);
-    bad.module = ModuleRef { name: "../../etc/passwd".into(), digest_prefix: None };
-    assert!(matches!(run(&runner, bad).outcome, Outcome::InvalidTask { .. }));
+    bad.module = ModuleRef {
+        name: "../../etc/passwd".into(),
+        digest_prefix: None,
+    };
+    assert!(matches!(
+        run(&runner, bad).outcome,
+        Outcome::InvalidTask { .. }
+    ));
 
     let mut bad_env = task("echo", b"", &[]);
     bad_env.env = vec![("A=B".into(), "x".into())];
-    assert!(matches!(run(&runner, bad_env).outcome, Outcome::InvalidTask { .. }));
+    assert!(matches!(
+        run(&runner, bad_env).outcome,
+        Outcome::InvalidTask { .. }
+    ));
     assert_still_serving(&runner);
 }
 
@@ -267,7 +372,10 @@ fn results_carry_module_version_timings_and_batch() {
     let (runner, _cache) = runner();
     let mut t = task("echo", b"x", &[]);
     t.submitted_at_unix_ns -= 5_000_000; // submitted 5 ms ago
-    t.batch = Some(warren_schemas::BatchRef { batch_id: uuid::Uuid::new_v4(), index: 41 });
+    t.batch = Some(warren_schemas::BatchRef {
+        batch_id: uuid::Uuid::new_v4(),
+        index: 41,
+    });
     t.limits = TaskLimits::default();
     let batch = t.batch;
     let result = run(&runner, t);
@@ -311,7 +419,11 @@ fn concurrent_tasks_each_get_their_own_sandbox() {
 fn run_guest(file: &str, timeout_ms: u64) -> TaskResult {
     let dir = tempfile::tempdir().unwrap();
     let name = file.trim_end_matches(".wat").replace('_', "-");
-    std::fs::copy(warren_tests::test_guest(file), dir.path().join(format!("{name}.wasm"))).unwrap();
+    std::fs::copy(
+        warren_tests::test_guest(file),
+        dir.path().join(format!("{name}.wasm")),
+    )
+    .unwrap();
     let registry = warren_tests::registry(test_config(1), dir.path());
     let report = registry.load_dir(dir.path()).unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);

@@ -120,7 +120,9 @@ impl Default for SandboxConfig {
 impl SandboxConfig {
     /// Tasks that run at once: the configured value, or the number of CPU cores.
     pub fn concurrency(&self) -> usize {
-        self.max_concurrent_tasks.unwrap_or_else(num_cpus::get).max(1)
+        self.max_concurrent_tasks
+            .unwrap_or_else(num_cpus::get)
+            .max(1)
     }
 }
 

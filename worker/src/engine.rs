@@ -72,7 +72,9 @@ pub fn build_engine(config: &SandboxConfig, allocation: Allocation) -> Result<En
         .memory_reservation_for_growth(0)
         .max_wasm_stack(to_usize(config.max_wasm_stack, "--max-wasm-stack")?);
     if allocation == Allocation::Pooled {
-        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(config, slots)?));
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(
+            config, slots,
+        )?));
     }
     Engine::new(&wasm).map_err(|source| {
         let per_slot = config.memory_reservation + config.memory_guard;
@@ -85,7 +87,10 @@ pub fn build_engine(config: &SandboxConfig, allocation: Allocation) -> Result<En
 }
 
 /// Every pool total derives from `slots`: one core instance, one memory and one table per task.
-fn pool_config(config: &SandboxConfig, slots: usize) -> Result<PoolingAllocationConfig, EngineError> {
+fn pool_config(
+    config: &SandboxConfig,
+    slots: usize,
+) -> Result<PoolingAllocationConfig, EngineError> {
     let slots = u32::try_from(slots)
         .map_err(|_| EngineError::InvalidConfig("--max-concurrent-tasks is too large".into()))?;
     let mut pool = PoolingAllocationConfig::new();

@@ -81,19 +81,33 @@ pub fn run_exec(args: ExecArgs) -> anyhow::Result<i32> {
     let mut task = Task::new(module, input);
     task.args = args.args;
     task.env = args.env;
-    let runner = TaskRunner::start(registry, default_worker_id()).context("cannot start the executor")?;
+    let runner =
+        TaskRunner::start(registry, default_worker_id()).context("cannot start the executor")?;
     let result = runner.run_blocking(task, 1);
     report(&result)?;
     if let Outcome::ModuleNotFound { .. } = result.outcome {
-        let names: Vec<String> = runner.registry().latest().iter().map(|m| m.name.clone()).collect();
-        eprintln!("warren: modules available in {}: {}", modules_dir.display(), names.join(", "));
+        let names: Vec<String> = runner
+            .registry()
+            .latest()
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        eprintln!(
+            "warren: modules available in {}: {}",
+            modules_dir.display(),
+            names.join(", ")
+        );
     }
     Ok(exit_code(&result.outcome))
 }
 
 /// A path to a `.wasm` file is loaded on its own; anything else is a module reference looked up
 /// in the modules directory.
-fn resolve_target(registry: &ModuleRegistry, target: &str, modules_dir: &Path) -> anyhow::Result<ModuleRef> {
+fn resolve_target(
+    registry: &ModuleRegistry,
+    target: &str,
+    modules_dir: &Path,
+) -> anyhow::Result<ModuleRef> {
     let as_path = Path::new(target);
     if target.ends_with(".wasm") || as_path.is_file() {
         let module = registry.load_file(as_path)?;
@@ -101,9 +115,12 @@ fn resolve_target(registry: &ModuleRegistry, target: &str, modules_dir: &Path) -
     }
     let wanted: ModuleRef = target.parse()?;
     // Files that fail to load are logged by the registry; the others stay usable.
-    registry
-        .load_dir(modules_dir)
-        .with_context(|| format!("cannot read the modules directory {}", modules_dir.display()))?;
+    registry.load_dir(modules_dir).with_context(|| {
+        format!(
+            "cannot read the modules directory {}",
+            modules_dir.display()
+        )
+    })?;
     Ok(wanted)
 }
 
@@ -112,10 +129,13 @@ fn read_input(input: Option<&Path>) -> anyhow::Result<Vec<u8>> {
         None => Ok(Vec::new()),
         Some(path) if path == Path::new("-") => {
             let mut bytes = Vec::new();
-            std::io::stdin().read_to_end(&mut bytes).context("cannot read stdin")?;
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("cannot read stdin")?;
             Ok(bytes)
         }
-        Some(path) => std::fs::read(path).with_context(|| format!("cannot read input file {}", path.display())),
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("cannot read input file {}", path.display())),
     }
 }
 

@@ -63,12 +63,20 @@ impl Executor {
 
     /// Queues `call` to run on `module`; the receiver yields its [`Execution`]. Await it from
     /// async code or call `blocking_recv` from a plain thread.
-    pub fn submit(&self, module: Arc<LoadedModule>, call: GuestCall) -> oneshot::Receiver<Execution> {
+    pub fn submit(
+        &self,
+        module: Arc<LoadedModule>,
+        call: GuestCall,
+    ) -> oneshot::Receiver<Execution> {
         let (reply, execution) = oneshot::channel();
         if let Some(jobs) = &self.jobs {
             // Sending only fails when every thread is gone; the dropped reply then tells the
             // caller, whose receiver yields an error.
-            let _ = jobs.send(Job { module, call, reply });
+            let _ = jobs.send(Job {
+                module,
+                call,
+                reply,
+            });
         }
         execution
     }
@@ -101,7 +109,11 @@ impl Drop for Executor {
 
 fn serve(sandbox: &Sandbox, queue: &Receiver<Job>) {
     for job in queue {
-        let Job { module, call, reply } = job;
+        let Job {
+            module,
+            call,
+            reply,
+        } = job;
         // The sandbox maps every guest behaviour to an outcome; a panic here would be a bug in
         // warren or wasmtime, and it still must not take the thread (and the slot) with it.
         let execution = catch_unwind(AssertUnwindSafe(|| sandbox.run(&module.pre, call))).unwrap_or_else(|panic| {

@@ -32,7 +32,11 @@ pub use sandbox::Sandbox;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModuleSource {
     /// Directory of `.wasm` modules; the file stem is the module name.
-    #[arg(long = "modules", env = "WARREN_MODULES", default_value = "modules/dist")]
+    #[arg(
+        long = "modules",
+        env = "WARREN_MODULES",
+        default_value = "modules/dist"
+    )]
     pub modules_dir: std::path::PathBuf,
 
     /// AOT cache directory (compiled modules, keyed by digest and engine). Must be writable

@@ -27,8 +27,8 @@ use std::time::{Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
-use wasmtime::{InstancePre, Module};
 use warren_schemas::{ModuleRef, ResolvedModule};
+use wasmtime::{InstancePre, Module};
 
 use crate::sandbox::{Sandbox, SandboxState};
 
@@ -116,6 +116,9 @@ pub struct ScanReport {
     pub failed: Vec<LoadError>,
 }
 
+/// A loaded module and whether it came from the AOT cache, or why it failed.
+type Compiled = Result<(Arc<LoadedModule>, bool), LoadError>;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
     len: u64,
@@ -137,7 +140,10 @@ impl ModuleRegistry {
     /// An empty registry whose AOT cache lives in `cache_dir` (created when missing).
     pub fn new(sandbox: Arc<Sandbox>, cache_dir: impl Into<PathBuf>) -> Self {
         let mut hasher = DefaultHasher::new();
-        sandbox.engine().precompile_compatibility_hash().hash(&mut hasher);
+        sandbox
+            .engine()
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         ModuleRegistry {
             sandbox,
             cache_dir: cache_dir.into(),
@@ -164,7 +170,9 @@ impl ModuleRegistry {
                 .cloned()
                 .ok_or_else(|| ResolveError::NotFound(wanted.to_string()));
         };
-        let mut matching = versions.iter().filter(|m| m.digest.starts_with(prefix.as_str()));
+        let mut matching = versions
+            .iter()
+            .filter(|m| m.digest.starts_with(prefix.as_str()));
         match (matching.next(), matching.next()) {
             (Some(found), None) => Ok(found.clone()),
             (Some(_), Some(_)) => Err(ResolveError::Ambiguous(wanted.to_string())),
@@ -213,7 +221,11 @@ impl ModuleRegistry {
         };
         let gone: Vec<PathBuf> = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            let gone = seen.keys().filter(|p| !current.contains_key(*p)).cloned().collect::<Vec<_>>();
+            let gone = seen
+                .keys()
+                .filter(|p| !current.contains_key(*p))
+                .cloned()
+                .collect::<Vec<_>>();
             for path in &gone {
                 seen.remove(path);
             }
@@ -229,7 +241,8 @@ impl ModuleRegistry {
             }
         }
 
-        let results = self.compile_parallel(changed.iter().map(|(path, _)| path.as_path()).collect());
+        let results =
+            self.compile_parallel(changed.iter().map(|(path, _)| path.as_path()).collect());
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         for ((path, stamp), result) in changed.into_iter().zip(results) {
             // Remember failures too: a broken file is reported once, not on every rescan.
@@ -262,10 +275,9 @@ impl ModuleRegistry {
         Ok(report)
     }
 
-    fn compile_parallel(&self, paths: Vec<&Path>) -> Vec<Result<(Arc<LoadedModule>, bool), LoadError>> {
+    fn compile_parallel(&self, paths: Vec<&Path>) -> Vec<Compiled> {
         let next = AtomicUsize::new(0);
-        let slots: Vec<Mutex<Option<Result<(Arc<LoadedModule>, bool), LoadError>>>> =
-            paths.iter().map(|_| Mutex::new(None)).collect();
+        let slots: Vec<Mutex<Option<Compiled>>> = paths.iter().map(|_| Mutex::new(None)).collect();
         let threads = num_cpus::get().min(paths.len());
         std::thread::scope(|scope| {
             for _ in 0..threads {
@@ -281,19 +293,21 @@ impl ModuleRegistry {
             .into_iter()
             .zip(paths)
             .map(|(slot, path)| {
-                slot.into_inner().unwrap_or_else(|p| p.into_inner()).unwrap_or_else(|| {
-                    Err(LoadError::Invalid {
-                        path: path.to_owned(),
-                        reason: "compilation thread panicked".into(),
+                slot.into_inner()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unwrap_or_else(|| {
+                        Err(LoadError::Invalid {
+                            path: path.to_owned(),
+                            reason: "compilation thread panicked".into(),
+                        })
                     })
-                })
             })
             .collect()
     }
 
     /// Reads, hashes, compiles (or loads from cache) and links one file. The bool says whether
     /// the AOT cache was hit.
-    fn compile_file(&self, path: &Path) -> Result<(Arc<LoadedModule>, bool), LoadError> {
+    fn compile_file(&self, path: &Path) -> Compiled {
         let name = module_name(path).ok_or_else(|| LoadError::BadName {
             path: path.to_owned(),
             reason: "no UTF-8 file stem".into(),
@@ -314,8 +328,13 @@ impl ModuleRegistry {
             path: path.to_owned(),
             reason,
         };
-        let (module, cached) = self.cached_module(&bytes, &digest).map_err(|e| invalid(format!("{e:#}")))?;
-        let pre = self.sandbox.prepare(&module).map_err(|e| invalid(format!("{e:#}")))?;
+        let (module, cached) = self
+            .cached_module(&bytes, &digest)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        let pre = self
+            .sandbox
+            .prepare(&module)
+            .map_err(|e| invalid(format!("{e:#}")))?;
         Ok((
             Arc::new(LoadedModule {
                 name,
@@ -330,13 +349,17 @@ impl ModuleRegistry {
     /// The compiled module for `bytes`, from the AOT cache when it has it.
     fn cached_module(&self, bytes: &[u8], digest: &str) -> anyhow::Result<(Module, bool)> {
         let engine = self.sandbox.engine();
-        let file = self.cache_dir.join(format!("{digest}-{}.cwasm", self.engine_hash));
+        let file = self
+            .cache_dir
+            .join(format!("{digest}-{}.cwasm", self.engine_hash));
         if file.is_file() {
             // SAFETY: the cache holds only files this function wrote from
             // `Engine::precompile_module`; the directory is the worker's own (see module docs).
             match unsafe { Module::deserialize_file(engine, &file) } {
                 Ok(module) => return Ok((module, true)),
-                Err(error) => warn!(file = %file.display(), %error, "unusable AOT cache entry; recompiling"),
+                Err(error) => {
+                    warn!(file = %file.display(), %error, "unusable AOT cache entry; recompiling")
+                }
             }
         }
         let compiled = engine.precompile_module(bytes)?;
@@ -375,7 +398,9 @@ fn scan_wasm_files(dir: &Path) -> std::io::Result<HashMap<PathBuf, FileStamp>> {
         if path.extension().and_then(|e| e.to_str()) != Some("wasm") {
             continue;
         }
-        let Ok(meta) = fs::metadata(&path) else { continue };
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
         if meta.is_file() {
             let stamp = FileStamp {
                 len: meta.len(),
@@ -394,7 +419,9 @@ fn write_atomically(dir: &Path, file: &Path, bytes: &[u8]) -> std::io::Result<()
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let tmp = dir.join(format!(
         ".{}.{}-{}.tmp",
-        file.file_name().and_then(|n| n.to_str()).unwrap_or("module"),
+        file.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("module"),
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));

@@ -40,7 +40,10 @@ enum Pending {
 
 impl TaskRunner {
     /// A runner whose executor has one thread per pool slot of the registry's sandbox.
-    pub fn start(registry: Arc<ModuleRegistry>, worker_id: impl Into<String>) -> std::io::Result<Self> {
+    pub fn start(
+        registry: Arc<ModuleRegistry>,
+        worker_id: impl Into<String>,
+    ) -> std::io::Result<Self> {
         let executor = Executor::start(registry.sandbox().clone())?;
         Ok(TaskRunner {
             registry,
@@ -77,7 +80,9 @@ impl TaskRunner {
         match pending {
             Pending::Done(execution) => self.finish(header, None, execution),
             Pending::Running(module, execution) => {
-                let execution = execution.blocking_recv().unwrap_or_else(|_| executor_stopped());
+                let execution = execution
+                    .blocking_recv()
+                    .unwrap_or_else(|_| executor_stopped());
                 self.finish(header, Some(&module), execution)
             }
         }
@@ -94,12 +99,19 @@ impl TaskRunner {
         };
         let refuse = |outcome| Pending::Done(Execution::refused(outcome));
         if let Err(error) = task.module.validate() {
-            return (header, refuse(Outcome::InvalidTask { reason: error.to_string() }));
+            return (
+                header,
+                refuse(Outcome::InvalidTask {
+                    reason: error.to_string(),
+                }),
+            );
         }
         let module = match self.registry.resolve(&task.module) {
             Ok(module) => module,
             Err(error) => {
-                let outcome = Outcome::ModuleNotFound { module: task.module.to_string() };
+                let outcome = Outcome::ModuleNotFound {
+                    module: task.module.to_string(),
+                };
                 tracing::debug!(task_id = %task.id, %error, "module lookup failed");
                 return (header, refuse(outcome));
             }
@@ -115,7 +127,12 @@ impl TaskRunner {
         (header, Pending::Running(module, execution))
     }
 
-    fn finish(&self, header: Header, module: Option<&LoadedModule>, execution: Execution) -> TaskResult {
+    fn finish(
+        &self,
+        header: Header,
+        module: Option<&LoadedModule>,
+        execution: Execution,
+    ) -> TaskResult {
         let Execution {
             outcome,
             exit_code,
@@ -135,7 +152,9 @@ impl TaskRunner {
             stderr_truncated,
             exit_code,
             timings: Timings {
-                queue_wait_ns: header.received_unix_ns.saturating_sub(header.submitted_at_unix_ns),
+                queue_wait_ns: header
+                    .received_unix_ns
+                    .saturating_sub(header.submitted_at_unix_ns),
                 instantiate_ns: nanos(instantiate),
                 run_ns: nanos(run),
                 total_ns: nanos(header.received.elapsed()),

@@ -27,13 +27,14 @@ pub struct ModuleWatcher {
 /// Starts watching `dir`, rescanning it into `registry` after each burst of changes.
 pub fn watch_modules(registry: Arc<ModuleRegistry>, dir: &Path) -> notify::Result<ModuleWatcher> {
     let (events, changes) = mpsc::channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        Ok(event) if event.kind.is_access() => {}
-        Ok(_) => {
-            let _ = events.send(());
-        }
-        Err(error) => warn!(%error, "modules directory watch error"),
-    })?;
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(event) if event.kind.is_access() => {}
+            Ok(_) => {
+                let _ = events.send(());
+            }
+            Err(error) => warn!(%error, "modules directory watch error"),
+        })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     let dir: PathBuf = dir.to_owned();
     std::thread::Builder::new()

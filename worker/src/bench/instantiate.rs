@@ -91,20 +91,34 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
             };
             let sandbox = Arc::new(Sandbox::new(config, allocation)?);
             let registry = ModuleRegistry::new(sandbox.clone(), args.source.cache_dir());
-            let module = registry
-                .load_file(&path)
-                .with_context(|| format!("cannot load {} (run modules/build.sh first)", path.display()))?;
+            let module = registry.load_file(&path).with_context(|| {
+                format!(
+                    "cannot load {} (run modules/build.sh first)",
+                    path.display()
+                )
+            })?;
             let call = bench_call(&module);
             let thread_counts = if cores > 1 { vec![1, cores] } else { vec![1] };
             for threads in thread_counts {
                 let row = match allocation {
-                    Allocation::Pooled => measure_executor(&sandbox, &module, &call, threads, args.duration)?,
-                    Allocation::OnDemandCow => measure_threads(threads, args.duration, || sandbox.run(&module.pre, call.clone()))?,
+                    Allocation::Pooled => {
+                        measure_executor(&sandbox, &module, &call, threads, args.duration)?
+                    }
+                    Allocation::OnDemandCow => measure_threads(threads, args.duration, || {
+                        sandbox.run(&module.pre, call.clone())
+                    })?,
                     Allocation::OnDemandCopy => measure_threads(threads, args.duration, || {
-                        sandbox.run_with(call.clone(), |store| sandbox.linker().instantiate(store, module.pre.module()))
+                        sandbox.run_with(call.clone(), |store| {
+                            sandbox.linker().instantiate(store, module.pre.module())
+                        })
                     })?,
                 };
-                let row = BenchRow { module: name.clone(), strategy, threads, ..row };
+                let row = BenchRow {
+                    module: name.clone(),
+                    strategy,
+                    threads,
+                    ..row
+                };
                 if args.json {
                     println!("{}", serde_json::to_string(&row)?);
                 }
@@ -127,7 +141,11 @@ fn bench_call(module: &LoadedModule) -> GuestCall {
 }
 
 /// Runs `task` in a loop on `threads` threads for `duration`.
-fn measure_threads(threads: usize, duration: Duration, task: impl Fn() -> Execution + Sync) -> anyhow::Result<BenchRow> {
+fn measure_threads(
+    threads: usize,
+    duration: Duration,
+    task: impl Fn() -> Execution + Sync,
+) -> anyhow::Result<BenchRow> {
     let started = Instant::now();
     let per_thread = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
@@ -137,7 +155,7 @@ fn measure_threads(threads: usize, duration: Duration, task: impl Fn() -> Execut
                     while started.elapsed() < duration {
                         let execution = task();
                         if !execution.outcome.is_success() {
-                            return Err(execution);
+                            return Err(execution.outcome);
                         }
                         samples.push(execution.instantiate.as_nanos() as u64);
                     }
@@ -152,7 +170,7 @@ fn measure_threads(threads: usize, duration: Duration, task: impl Fn() -> Execut
     for result in per_thread {
         match result {
             Ok(Ok(s)) => samples.extend(s),
-            Ok(Err(execution)) => bail!("benchmark task did not succeed: {}", execution.outcome),
+            Ok(Err(outcome)) => bail!("benchmark task did not succeed: {outcome}"),
             Err(_) => bail!("benchmark thread panicked"),
         }
     }
@@ -177,7 +195,9 @@ fn measure_executor(
             in_flight.push_back(executor.submit(module.clone(), call.clone()));
             continue;
         }
-        let Some(next) = in_flight.pop_front() else { break };
+        let Some(next) = in_flight.pop_front() else {
+            break;
+        };
         let execution = next.blocking_recv().context("executor stopped")?;
         if !execution.outcome.is_success() {
             bail!("benchmark task did not succeed: {}", execution.outcome);
@@ -219,8 +239,15 @@ fn print_table(rows: &[BenchRow]) {
             r.samples
         );
     }
-    for module in rows.iter().map(|r| r.module.as_str()).collect::<std::collections::BTreeSet<_>>() {
-        let find = |strategy: &str| rows.iter().find(|r| r.module == module && r.strategy == strategy && r.threads == 1);
+    for module in rows
+        .iter()
+        .map(|r| r.module.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let find = |strategy: &str| {
+            rows.iter()
+                .find(|r| r.module == module && r.strategy == strategy && r.threads == 1)
+        };
         if let (Some(a), Some(c)) = (find("a-ondemand-copy-linker"), find("c-warren")) {
             println!(
                 "{module}: c-warren instantiates {:.0}x faster than a (p50), {:.0}x (p99); whole tasks {:.1}x faster",

@@ -15,10 +15,10 @@ mod state;
 
 use std::time::{Duration, Instant};
 
+use warren_schemas::{Outcome, TaskLimits};
 use wasmtime::{Engine, Instance, InstancePre, Linker, Module, Store};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::WasiCtxBuilder;
-use warren_schemas::{Outcome, TaskLimits};
 
 use crate::config::SandboxConfig;
 use crate::engine::{build_engine, start_epoch_ticker, Allocation, EngineError};
@@ -97,14 +97,21 @@ impl Sandbox {
     /// Builds the engine (with `allocation`), starts its epoch ticker and links WASI.
     pub fn new(config: SandboxConfig, allocation: Allocation) -> Result<Self, EngineError> {
         let engine = build_engine(&config, allocation)?;
-        start_epoch_ticker(&engine, &config)
-            .map_err(|e| EngineError::InvalidConfig(format!("cannot start the epoch ticker thread: {e}")))?;
+        start_epoch_ticker(&engine, &config).map_err(|e| {
+            EngineError::InvalidConfig(format!("cannot start the epoch ticker thread: {e}"))
+        })?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut SandboxState| &mut state.wasi)
-            .and_then(|()| poll::shadow_poll_oneoff(&mut linker))
-            .and_then(|()| exit::shadow_proc_exit(&mut linker))
-            .map_err(|e| EngineError::InvalidConfig(format!("cannot link WASI: {e:#}")))?;
-        Ok(Sandbox { engine, linker, config })
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut SandboxState| {
+            &mut state.wasi
+        })
+        .and_then(|()| poll::shadow_poll_oneoff(&mut linker))
+        .and_then(|()| exit::shadow_proc_exit(&mut linker))
+        .map_err(|e| EngineError::InvalidConfig(format!("cannot link WASI: {e:#}")))?;
+        Ok(Sandbox {
+            engine,
+            linker,
+            config,
+        })
     }
 
     /// The engine modules must be compiled for.
@@ -137,7 +144,9 @@ impl Sandbox {
     pub fn limits(&self, asked: &TaskLimits) -> Limits {
         let cap = |asked: Option<u64>, cap: u64| asked.map_or(cap, |a| a.min(cap));
         Limits {
-            timeout: asked.timeout().map_or(self.config.timeout, |t| t.min(self.config.timeout)),
+            timeout: asked
+                .timeout()
+                .map_or(self.config.timeout, |t| t.min(self.config.timeout)),
             max_memory: cap(asked.max_memory_bytes, self.config.max_memory),
             max_output: cap(asked.max_output_bytes, self.config.max_output),
         }
@@ -224,7 +233,9 @@ impl Sandbox {
 /// Ticks for `timeout`, rounded up, plus one because the current tick is already under way.
 fn epoch_ticks(timeout: Duration, tick: Duration) -> u64 {
     let tick = tick.as_nanos().max(1);
-    u64::try_from(timeout.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
+    u64::try_from(timeout.as_nanos().div_ceil(tick))
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
 }
 
 /// Refuses args and env the guest could not receive intact.
@@ -234,7 +245,9 @@ fn check_call(call: &GuestCall) -> Result<(), String> {
     }
     for (key, value) in &call.env {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(format!("environment variable name {key:?} is empty or contains '=' or NUL"));
+            return Err(format!(
+                "environment variable name {key:?} is empty or contains '=' or NUL"
+            ));
         }
         if value.contains('\0') {
             return Err(format!("environment variable {key} contains a NUL byte"));
@@ -257,7 +270,10 @@ mod tests {
 
     #[test]
     fn task_limits_only_lower_the_caps() {
-        let config = SandboxConfig { max_concurrent_tasks: Some(1), ..SandboxConfig::default() };
+        let config = SandboxConfig {
+            max_concurrent_tasks: Some(1),
+            ..SandboxConfig::default()
+        };
         let sandbox = Sandbox::new(config.clone(), Allocation::OnDemandCow).unwrap();
         let higher = TaskLimits {
             timeout_ms: Some(u64::MAX),
@@ -280,11 +296,20 @@ mod tests {
 
     #[test]
     fn args_and_env_that_cannot_reach_the_guest_are_refused() {
-        let bad_env = GuestCall { env: vec![("A=B".into(), "c".into())], ..GuestCall::default() };
+        let bad_env = GuestCall {
+            env: vec![("A=B".into(), "c".into())],
+            ..GuestCall::default()
+        };
         assert!(check_call(&bad_env).is_err());
-        let bad_arg = GuestCall { args: vec!["a\0b".into()], ..GuestCall::default() };
+        let bad_arg = GuestCall {
+            args: vec!["a\0b".into()],
+            ..GuestCall::default()
+        };
         assert!(check_call(&bad_arg).is_err());
-        let fine = GuestCall { env: vec![("A".into(), "b=c".into())], ..GuestCall::default() };
+        let fine = GuestCall {
+            env: vec![("A".into(), "b=c".into())],
+            ..GuestCall::default()
+        };
         assert!(check_call(&fine).is_ok());
     }
 }

@@ -1,9 +1,9 @@
 //! Turning how a guest's run ended into an [`Outcome`] — the one place that reads wasmtime's
 //! errors, so guest behaviour becomes data before it leaves the sandbox.
 
+use warren_schemas::Outcome;
 use wasmtime::Trap;
 use wasmtime_wasi::I32Exit;
-use warren_schemas::Outcome;
 
 use super::output::OutputLimitExceeded;
 use super::state::WallClockExceeded;
@@ -11,7 +11,11 @@ use super::Limits;
 
 /// Classifies the end of a run. `memory_limit_hit` says whether the limiter refused a growth,
 /// which explains the abort most guests perform when allocation fails.
-pub fn classify(ended: wasmtime::Result<()>, memory_limit_hit: bool, limits: &Limits) -> (Outcome, Option<i32>) {
+pub fn classify(
+    ended: wasmtime::Result<()>,
+    memory_limit_hit: bool,
+    limits: &Limits,
+) -> (Outcome, Option<i32>) {
     let error = match ended {
         Ok(()) => return (Outcome::Success, Some(0)),
         Err(error) => error,
@@ -29,14 +33,24 @@ pub fn classify(ended: wasmtime::Result<()>, memory_limit_hit: bool, limits: &Li
         return (timeout, None);
     }
     if let Some(exceeded) = error.downcast_ref::<OutputLimitExceeded>() {
-        return (Outcome::OutputLimitExceeded { limit_bytes: exceeded.limit }, None);
+        return (
+            Outcome::OutputLimitExceeded {
+                limit_bytes: exceeded.limit,
+            },
+            None,
+        );
     }
     let trap = error.downcast_ref::<Trap>().copied();
     if trap == Some(Trap::Interrupt) {
         return (timeout, None);
     }
     if memory_limit_hit {
-        return (Outcome::MemoryLimitExceeded { limit_bytes: limits.max_memory }, None);
+        return (
+            Outcome::MemoryLimitExceeded {
+                limit_bytes: limits.max_memory,
+            },
+            None,
+        );
     }
     let message = match trap {
         Some(Trap::StackOverflow) => "stack overflow: call stack exhausted".to_owned(),

@@ -67,7 +67,9 @@ impl OutputCapture {
 
     fn lock(&self) -> MutexGuard<'_, Buffer> {
         // A poisoned lock only means another writer panicked mid-append; the bytes are still ours.
-        self.buffer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.buffer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Appends `data`, applying the overflow policy. Returns how many bytes were consumed.
@@ -131,7 +133,11 @@ impl Pollable for OutputCapture {
 }
 
 impl AsyncWrite for OutputCapture {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Poll::Ready(self.append(buf).map_err(io::Error::other))
     }
 

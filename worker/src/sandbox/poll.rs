@@ -64,7 +64,11 @@ fn poll_oneoff(
         let Some(bytes) = slice(data, subscriptions, count as usize * SUBSCRIPTION_SIZE) else {
             return Ok(ERRNO_FAULT);
         };
-        match bytes.chunks_exact(SUBSCRIPTION_SIZE).map(|s| parse(s, now, origin)).collect::<Option<Vec<_>>>() {
+        match bytes
+            .chunks_exact(SUBSCRIPTION_SIZE)
+            .map(|s| parse(s, now, origin))
+            .collect::<Option<Vec<_>>>()
+        {
             Some(wakes) => wakes,
             None => return Ok(ERRNO_INVAL),
         }
