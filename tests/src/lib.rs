@@ -4,6 +4,9 @@
 //! Every test goes through these helpers so that "how to start warren for a test" is written
 //! once.
 
+pub mod broker;
+pub mod worker_process;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};

@@ -9,15 +9,20 @@
 //! - [`watch`]: rescans the modules directory when it changes.
 //! - [`executor`]: dedicated OS threads that run guests, one per pool slot.
 //! - [`runner`]: `Task` → `TaskResult` through the registry and executor.
+//! - [`daemon`]: `warren-worker run`, the queue worker (consume, run, publish confirmed, ack).
+//! - [`metrics`], [`http`]: Prometheus metrics and the health endpoints.
 //! - [`exec`]: `warren-worker exec`, the local, broker-less way to run one task.
 //! - [`bench`]: `warren-worker bench instantiate`, instantiation strategies side by side.
 #![deny(missing_docs)]
 
 pub mod bench;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod exec;
 pub mod executor;
+pub mod http;
+pub mod metrics;
 pub mod registry;
 pub mod runner;
 pub mod sandbox;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use warren_worker::bench::{run_instantiate_bench, InstantiateBenchArgs};
+use warren_worker::daemon::{run, RunArgs};
 use warren_worker::exec::{run_exec, ExecArgs};
 
 /// The warren worker: runs tasks in fresh WebAssembly sandboxes.
@@ -16,6 +17,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Consume tasks from RabbitMQ, run them, publish results (the daemon).
+    Run(RunArgs),
     /// Run one task locally, without a broker, exactly as the daemon would.
     Exec(ExecArgs),
     /// Benchmarks that print numbers.
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
+        Command::Run(args) => run_daemon(args),
         Command::Exec(args) => run_exec(args),
         Command::Bench(BenchCommand::Instantiate(args)) => run_instantiate_bench(&args).map(|_| 0),
     };
@@ -47,6 +51,31 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("warren-worker: error: {error:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs the daemon on a tokio runtime until SIGTERM or SIGINT, then drains.
+fn run_daemon(args: RunArgs) -> anyhow::Result<i32> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args, shutdown_signal()))?;
+    Ok(0)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the worker");
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

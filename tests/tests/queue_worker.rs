@@ -1,0 +1,125 @@
+//! `warren-worker run` against the real RabbitMQ: round trips, bad messages, drain on SIGTERM,
+//! metrics. Each test uses its own uniquely named queues.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use warren_schemas::{ModuleRef, Outcome, Task};
+use warren_tests::broker::TestBroker;
+use warren_tests::worker_process::WorkerProcess;
+
+fn task(module: &str, input: &[u8], args: &[&str]) -> Task {
+    let mut task = Task::new(module.parse::<ModuleRef>().unwrap(), input.to_vec());
+    task.args = args.iter().map(|a| a.to_string()).collect();
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_round_trip_and_bad_messages_are_dead_lettered() {
+    let broker = TestBroker::new().await;
+    let worker = WorkerProcess::start(&broker.topology, 2, &["--timeout", "2s"]);
+
+    let mut timeout = task("spin", b"", &[]);
+    timeout.limits.timeout_ms = Some(100);
+    let tasks = vec![
+        (task("upper", b"hello", &[]), Outcome::Success),
+        (task("exit", b"", &["3"]), Outcome::NonZeroExit { code: 3 }),
+        (timeout, Outcome::Timeout { limit_ms: 100 }),
+        (
+            task("nope", b"", &[]),
+            Outcome::ModuleNotFound {
+                module: "nope".into(),
+            },
+        ),
+    ];
+    // Garbage first: the worker must dead-letter it and keep serving.
+    broker.publish_raw(b"definitely not a task").await; // 'd' is no wire version we know
+    broker.publish_raw(b"\x01\xff\xff\xff\xff\xff").await; // right version, garbage body
+    broker.publish_raw(b"").await;
+    for (t, _) in &tasks {
+        broker.publish(t).await;
+    }
+    let results = broker.collect(tasks.len(), Duration::from_secs(60)).await;
+    let by_id: HashMap<_, _> = results.iter().map(|r| (r.task_id, r)).collect();
+    for (t, expected) in &tasks {
+        let result = by_id
+            .get(&t.id)
+            .unwrap_or_else(|| panic!("no result for {}", t.module));
+        assert_eq!(&result.outcome, expected, "{}", t.module);
+    }
+    assert_eq!(by_id[&tasks[0].0.id].stdout, b"HELLO");
+    assert_eq!(
+        broker.depth(&broker.topology.dead).await,
+        3,
+        "every bad message dead-lettered"
+    );
+
+    let metrics = worker.metrics();
+    assert!(
+        metrics.contains("warren_instantiate_seconds_bucket{"),
+        "real histogram buckets:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("warren_tasks_total{module=\"upper\",outcome=\"success\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warren_deliveries_rejected_total{reason=\"malformed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warren_deliveries_rejected_total{reason=\"empty\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warren_deliveries_rejected_total{reason=\"unsupported_version\"} 1"),
+        "{metrics}"
+    );
+    drop(worker);
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_tasks_and_exits_cleanly() {
+    let broker = TestBroker::new().await;
+    let mut worker = WorkerProcess::start(&broker.topology, 2, &["--drain-timeout", "20s"]);
+    let tasks: Vec<Task> = (0..20)
+        .map(|i| task("sleep", format!("{i}").as_bytes(), &["150"]))
+        .collect();
+    for t in &tasks {
+        broker.publish(t).await;
+    }
+    // Some finished: then ask the worker to stop in the middle of the batch.
+    let early = broker.collect(2, Duration::from_secs(60)).await;
+    assert!(early.len() >= 2);
+    worker.signal("TERM");
+    let status = worker.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "worker exits 0 after draining: {status}");
+    let after = broker.collect(tasks.len(), Duration::from_secs(2)).await;
+    let left = broker.depth(&broker.topology.tasks).await as usize;
+    let finished: std::collections::HashSet<_> =
+        early.iter().chain(&after).map(|r| r.task_id).collect();
+    assert_eq!(
+        finished.len(),
+        early.len() + after.len(),
+        "no finished task was run twice"
+    );
+    assert_eq!(
+        finished.len() + left,
+        tasks.len(),
+        "every task is either finished or back in the queue"
+    );
+
+    // A new worker finishes the rest; still nothing runs twice.
+    let _next = WorkerProcess::start(&broker.topology, 2, &[]);
+    let rest = broker.collect(left, Duration::from_secs(60)).await;
+    for r in &rest {
+        assert!(
+            !finished.contains(&r.task_id),
+            "task {} finished before shutdown was redone",
+            r.task_id
+        );
+    }
+    assert_eq!(finished.len() + rest.len(), tasks.len());
+    broker.cleanup().await;
+}

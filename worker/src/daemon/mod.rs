@@ -1,0 +1,232 @@
+//! `warren-worker run`: the queue worker daemon.
+//!
+//! Consumes tasks from RabbitMQ, runs each in a fresh sandbox, publishes the result with
+//! publisher confirms, and only then acks — at-least-once, nothing lost. Reconnects with capped
+//! backoff when the broker goes away; on shutdown stops consuming, finishes what is in flight,
+//! and closes cleanly within the drain timeout.
+//!
+//! # Layout
+//! - [`topology`]: queue names and declarations.
+//! - `session`: one connection's life — declare, QoS, consume, drain.
+//! - `delivery`: the per-task path (decode → run → publish confirmed → ack).
+
+mod delivery;
+mod session;
+pub mod topology;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{parse_bytes, parse_duration};
+use crate::engine::Allocation;
+use crate::http::{self, HttpState};
+use crate::registry::ModuleRegistry;
+use crate::runner::{default_worker_id, TaskRunner};
+use crate::sandbox::Sandbox;
+use crate::watch::watch_modules;
+use crate::{metrics, ModuleSource, SandboxConfig};
+pub use topology::Topology;
+
+/// Arguments of `warren-worker run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Broker URL. Its password is never logged.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// Queue names and delivery limit.
+    #[command(flatten)]
+    pub topology: Topology,
+
+    /// Deliveries the broker may send before acks (per consumer). Default and maximum: the
+    /// executor's concurrency, so the worker never holds more tasks than the pool can run.
+    #[arg(long, env = "WARREN_PREFETCH")]
+    pub prefetch: Option<u16>,
+
+    /// Address of the metrics/health HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "WARREN_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+
+    /// How long shutdown may take to finish in-flight tasks before giving them back.
+    #[arg(long, env = "WARREN_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Largest task message accepted; larger ones are dead-lettered.
+    #[arg(long, env = "WARREN_MAX_MESSAGE", default_value = "64MiB", value_parser = parse_bytes)]
+    pub max_message: u64,
+
+    /// Name reported in results. Default: `<hostname>-<pid>`.
+    #[arg(long, env = "WARREN_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Where modules come from.
+    #[command(flatten)]
+    pub source: ModuleSource,
+
+    /// Sandbox limits and pool size.
+    #[command(flatten)]
+    pub sandbox: SandboxConfig,
+}
+
+/// Shared state of a running worker.
+pub struct Worker {
+    runner: TaskRunner,
+    runner_id: String,
+    amqp_url: String,
+    topology: Topology,
+    prefetch: u16,
+    drain_timeout: Duration,
+    max_message_bytes: usize,
+    consuming: Arc<AtomicBool>,
+}
+
+/// Runs the worker until `shutdown` completes, then drains and returns.
+pub async fn run(
+    args: RunArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let concurrency = args.sandbox.concurrency();
+    let prefetch = match args.prefetch {
+        None => u16::try_from(concurrency).unwrap_or(u16::MAX),
+        Some(p) if p == 0 || usize::from(p) > concurrency => anyhow::bail!(
+            "--prefetch {p} must be between 1 and the executor's concurrency ({concurrency}); raise --max-concurrent-tasks to prefetch more"
+        ),
+        Some(p) => p,
+    };
+    let sandbox = Arc::new(Sandbox::new(args.sandbox, Allocation::Pooled)?);
+    let registry = Arc::new(ModuleRegistry::new(sandbox, args.source.cache_dir()));
+    let modules_dir = &args.source.modules_dir;
+    registry.load_dir(modules_dir).with_context(|| {
+        format!(
+            "cannot read the modules directory {}",
+            modules_dir.display()
+        )
+    })?;
+    let _watcher = watch_modules(registry.clone(), modules_dir)
+        .with_context(|| format!("cannot watch {}", modules_dir.display()))?;
+    info!(modules = registry.len(), dir = %modules_dir.display(), "modules loaded");
+
+    let stop = CancellationToken::new();
+    let consuming = Arc::new(AtomicBool::new(false));
+    let http_state = HttpState {
+        metrics: metrics::install()?,
+        registry: registry.clone(),
+        consuming: consuming.clone(),
+    };
+    let bound = http::serve(args.metrics_addr, http_state, stop.clone())
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    info!(addr = %bound, "metrics listening");
+
+    let runner_id = args.worker_id.unwrap_or_else(default_worker_id);
+    let worker = Arc::new(Worker {
+        runner: TaskRunner::start(registry, runner_id.clone())?,
+        runner_id,
+        amqp_url: args.amqp_url,
+        topology: args.topology,
+        prefetch,
+        drain_timeout: args.drain_timeout,
+        max_message_bytes: usize::try_from(args.max_message).unwrap_or(usize::MAX),
+        consuming,
+    });
+
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        info!("shutdown requested");
+        signal.cancel();
+    });
+    let mut backoff = Backoff::default();
+    let url = redact(&worker.amqp_url);
+    loop {
+        match session::serve(&worker, &stop).await {
+            Ok(session::SessionEnd::Stopped) => break,
+            Ok(session::SessionEnd::ConsumerEnded) => {
+                warn!(broker = %url, "consumer cancelled by the broker; registering again");
+                backoff.reset();
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                warn!(broker = %url, %error, retry_in = ?delay, "broker connection failed");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+        metrics::record_reconnect();
+    }
+    stop.cancel();
+    info!("stopped");
+    Ok(())
+}
+
+/// Capped exponential backoff: 100 ms doubling to 5 s.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let delay = Duration::from_millis(100) * 2u32.saturating_pow(self.failures.min(6));
+        self.failures += 1;
+        delay.min(Duration::from_secs(5))
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// The URL with its password replaced by `***`, for logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            redact("amqp://guest:s3cret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
+        assert_eq!(redact("amqps://u:p@ss@h/v"), "amqps://u:***@h/v");
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<_> = (0..10).map(|_| backoff.next_delay()).collect();
+        assert_eq!(delays[0], Duration::from_millis(100));
+        assert_eq!(delays[1], Duration::from_millis(200));
+        assert_eq!(*delays.last().unwrap(), Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,109 @@
+//! One broker session: connect, declare, consume until the connection or consumer ends or the
+//! worker is asked to stop; then, when stopping, drain.
+//!
+//! lapin's automatic recovery does not re-apply `basic_qos` and a consumer cancelled by the
+//! broker simply ends, so warren owns the reconnect path: every session starts from a fresh
+//! connection and redoes everything (topology, QoS, consumer). [`super::run`] loops over
+//! sessions with capped backoff.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{delivery, Worker};
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The worker was asked to stop and drained (or hit the drain deadline).
+    Stopped,
+    /// The broker cancelled the consumer or closed the stream; reconnect.
+    ConsumerEnded,
+}
+
+/// Runs one session. Errors mean the connection failed or was lost.
+pub async fn serve(worker: &Arc<Worker>, stop: &CancellationToken) -> lapin::Result<SessionEnd> {
+    let connection = Connection::connect(&worker.amqp_url, ConnectionProperties::default()).await?;
+    let consume = connection.create_channel().await?;
+    let publish = connection.create_channel().await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    worker.topology.declare(&consume).await?;
+    // Per-consumer prefetch (quorum queues refuse global QoS).
+    consume
+        .basic_qos(worker.prefetch, BasicQosOptions { global: false })
+        .await?;
+    let tag = format!("warren-{}", worker.runner_id);
+    let mut consumer = consume
+        .basic_consume(
+            worker.topology.tasks.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    worker.consuming.store(true, Ordering::Relaxed);
+    info!(queue = %worker.topology.tasks, prefetch = worker.prefetch, "consuming");
+
+    let mut in_flight = JoinSet::new();
+    let end = loop {
+        tokio::select! {
+            () = stop.cancelled() => break Ok(SessionEnd::Stopped),
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    in_flight.spawn(delivery::handle(worker.clone(), publish.clone(), delivery));
+                }
+                Some(Err(error)) => break Err(error),
+                None => break Ok(SessionEnd::ConsumerEnded),
+            },
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+        }
+    };
+    worker.consuming.store(false, Ordering::Relaxed);
+
+    match end {
+        Ok(SessionEnd::Stopped) => {
+            // Ordered shutdown: stop consuming → finish in flight (publish, confirm, ack) → close.
+            if let Err(error) = consume
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await
+            {
+                warn!(%error, "could not cancel the consumer");
+            }
+            let waiting = in_flight.len();
+            info!(in_flight = waiting, deadline = ?worker.drain_timeout, "draining");
+            let drained = tokio::time::timeout(worker.drain_timeout, async {
+                while in_flight.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                warn!(
+                    abandoned = in_flight.len(),
+                    "drain deadline reached; unfinished tasks will be redelivered"
+                );
+                in_flight.abort_all();
+            }
+            let _ = consume.close(200, "worker stopping".into()).await;
+            let _ = publish.close(200, "worker stopping".into()).await;
+            let _ = connection.close(200, "worker stopping".into()).await;
+            Ok(SessionEnd::Stopped)
+        }
+        other => {
+            // The connection is gone or going: in-flight tasks finish in the background, fail to
+            // publish or ack, and the broker redelivers their messages to whoever consumes next.
+            in_flight.detach_all();
+            let _ = connection.close(200, "reconnecting".into()).await;
+            other
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Prometheus metrics: names, buckets, and the recorder.
+//!
+//! Names follow `warren_<thing>_<unit>` in base units. Histograms get real buckets (the exporter
+//! renders summaries otherwise, and Grafana's `histogram_quantile` needs `_bucket` series):
+//! exponential ×2 from 1 µs to ~16 s. Labels are bounded: `module` is a loaded module's name (or
+//! `-` when none was found, so a task cannot mint label values), `outcome` one of
+//! [`Outcome::LABELS`], `reason` one of the decode error labels.
+
+use std::sync::OnceLock;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use warren_schemas::{Outcome, TaskResult};
+
+use crate::engine::pool_occupancy;
+use crate::registry::ModuleRegistry;
+
+/// Histogram of instantiation time, seconds.
+pub const INSTANTIATE_SECONDS: &str = "warren_instantiate_seconds";
+/// Histogram of guest run time, seconds.
+pub const TASK_RUN_SECONDS: &str = "warren_task_run_seconds";
+/// Histogram of time from submission to the worker starting the task, seconds.
+pub const TASK_QUEUE_WAIT_SECONDS: &str = "warren_task_queue_wait_seconds";
+/// Histogram of the worker's whole handling of a task, seconds.
+pub const TASK_TOTAL_SECONDS: &str = "warren_task_total_seconds";
+/// Counter of finished tasks by module and outcome.
+pub const TASKS_TOTAL: &str = "warren_tasks_total";
+/// Counter of deliveries dead-lettered without running, by reason.
+pub const DELIVERIES_REJECTED_TOTAL: &str = "warren_deliveries_rejected_total";
+/// Counter of broker reconnections.
+pub const AMQP_RECONNECTS_TOTAL: &str = "warren_amqp_reconnects_total";
+/// Gauge of tasks received and not yet acknowledged.
+pub const TASKS_IN_FLIGHT: &str = "warren_tasks_in_flight";
+/// Gauge of module names loaded.
+pub const MODULES_LOADED: &str = "warren_modules_loaded";
+/// Gauge of pool instance slots in use.
+pub const POOL_INSTANCES_IN_USE: &str = "warren_pool_instances_in_use";
+/// Gauge of pool instance slots in total.
+pub const POOL_INSTANCES_TOTAL: &str = "warren_pool_instances_total";
+/// Gauge of pooled memories in use.
+pub const POOL_MEMORIES_IN_USE: &str = "warren_pool_memories_in_use";
+/// Gauge of resident bytes held by unused pool memory slots.
+pub const POOL_UNUSED_MEMORY_RESIDENT_BYTES: &str = "warren_pool_unused_memory_resident_bytes";
+
+/// Bucket bounds in seconds: 1 µs × 2^k, k = 0..=24 (1 µs .. ~16.8 s).
+pub fn latency_buckets() -> Vec<f64> {
+    (0..=24).map(|k| 1e-6 * f64::from(1u32 << k)).collect()
+}
+
+/// Installs the global recorder once per process and returns its handle.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets())?
+        .build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_ok() {
+        describe();
+    }
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    describe_histogram!(
+        INSTANTIATE_SECONDS,
+        Unit::Seconds,
+        "Time to instantiate a module from its warm InstancePre."
+    );
+    describe_histogram!(
+        TASK_RUN_SECONDS,
+        Unit::Seconds,
+        "Time the guest ran (_start)."
+    );
+    describe_histogram!(
+        TASK_QUEUE_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time from the producer's submitted-at to the worker starting the task."
+    );
+    describe_histogram!(
+        TASK_TOTAL_SECONDS,
+        Unit::Seconds,
+        "The worker's whole handling of a task, decode to result ready."
+    );
+    describe_counter!(TASKS_TOTAL, "Tasks finished, by module and outcome.");
+    describe_counter!(
+        DELIVERIES_REJECTED_TOTAL,
+        "Deliveries dead-lettered without running, by reason."
+    );
+    describe_counter!(
+        AMQP_RECONNECTS_TOTAL,
+        "Reconnections to the broker after a lost connection."
+    );
+    describe_gauge!(TASKS_IN_FLIGHT, "Tasks received and not yet acknowledged.");
+    describe_gauge!(MODULES_LOADED, "Module names loaded in the registry.");
+    describe_gauge!(
+        POOL_INSTANCES_IN_USE,
+        "Pooling allocator core instance slots in use."
+    );
+    describe_gauge!(
+        POOL_INSTANCES_TOTAL,
+        "Pooling allocator core instance slots in total."
+    );
+    describe_gauge!(
+        POOL_MEMORIES_IN_USE,
+        "Pooling allocator linear memories in use."
+    );
+    describe_gauge!(
+        POOL_UNUSED_MEMORY_RESIDENT_BYTES,
+        "Resident bytes held by unused pool memory slots.",
+    );
+    for outcome in Outcome::LABELS {
+        // Pre-register so rates exist (as 0) before the first such outcome.
+        counter!(TASKS_TOTAL, "module" => "-", "outcome" => outcome).absolute(0);
+    }
+    counter!(AMQP_RECONNECTS_TOTAL).absolute(0);
+    gauge!(TASKS_IN_FLIGHT).set(0.0);
+}
+
+/// Records a finished task.
+pub fn record_result(result: &TaskResult) {
+    let module = result
+        .module
+        .as_ref()
+        .map_or_else(|| "-".to_owned(), |m| m.name.clone());
+    let outcome = result.outcome.label();
+    let t = &result.timings;
+    counter!(TASKS_TOTAL, "module" => module.clone(), "outcome" => outcome).increment(1);
+    histogram!(TASK_QUEUE_WAIT_SECONDS).record(t.queue_wait_ns as f64 * 1e-9);
+    histogram!(TASK_TOTAL_SECONDS, "module" => module.clone(), "outcome" => outcome)
+        .record(t.total_ns as f64 * 1e-9);
+    if result.module.is_some() {
+        histogram!(INSTANTIATE_SECONDS, "module" => module.clone())
+            .record(t.instantiate_ns as f64 * 1e-9);
+        histogram!(TASK_RUN_SECONDS, "module" => module, "outcome" => outcome)
+            .record(t.run_ns as f64 * 1e-9);
+    }
+}
+
+/// Records a delivery dead-lettered without running.
+pub fn record_rejected(reason: &'static str) {
+    counter!(DELIVERIES_REJECTED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Records a reconnection.
+pub fn record_reconnect() {
+    counter!(AMQP_RECONNECTS_TOTAL).increment(1);
+}
+
+/// Updates the gauges that are read from state rather than counted (called before a scrape).
+pub fn refresh_gauges(registry: &ModuleRegistry) {
+    gauge!(MODULES_LOADED).set(registry.len() as f64);
+    let sandbox = registry.sandbox();
+    gauge!(POOL_INSTANCES_TOTAL).set(sandbox.config().concurrency() as f64);
+    if let Some(pool) = pool_occupancy(sandbox.engine()) {
+        gauge!(POOL_INSTANCES_IN_USE).set(pool.instances as f64);
+        gauge!(POOL_MEMORIES_IN_USE).set(pool.memories as f64);
+        gauge!(POOL_UNUSED_MEMORY_RESIDENT_BYTES).set(pool.unused_memory_bytes_resident as f64);
+    }
+}
+
+/// Adjusts the in-flight gauge.
+pub fn in_flight(delta: f64) {
+    gauge!(TASKS_IN_FLIGHT).increment(delta);
+}
