@@ -12,7 +12,6 @@
 //! - **No cranelift-level fuel, no async**: guests run synchronously on dedicated OS threads
 //!   (wasmtime-wasi's sync host calls `block_on` and would panic on a tokio worker).
 
-use std::sync::Arc;
 use std::thread;
 
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -163,13 +162,4 @@ pub fn pool_occupancy(engine: &Engine) -> Option<PoolOccupancy> {
         warm_memories: u64::from(metrics.unused_warm_memories()),
         unused_memory_bytes_resident: metrics.unused_memory_bytes_resident() as u64,
     })
-}
-
-/// Shared handle to an engine plus the config it was built from.
-#[derive(Clone)]
-pub struct EngineHandle {
-    /// The wasmtime engine.
-    pub engine: Engine,
-    /// The configuration it was built from.
-    pub config: Arc<SandboxConfig>,
 }
