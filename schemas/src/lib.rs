@@ -9,14 +9,19 @@
 //! - [`task`]: what a producer asks for — module reference, input, args, env, limits, batch.
 //! - [`result`]: what a worker answers — the [`Outcome`], captured output, timings.
 //! - [`codec`]: the only place that turns those types into bytes and back.
+//! - `topology` (feature `amqp`): the broker queues both sides declare, identically.
 #![deny(missing_docs)]
 
 pub mod codec;
 pub mod result;
 pub mod task;
+#[cfg(feature = "amqp")]
+pub mod topology;
 
 pub use codec::{
     decode, encode, DecodeError, CONTENT_TYPE, DEFAULT_MAX_MESSAGE_BYTES, WIRE_VERSION,
 };
 pub use result::{Outcome, ResolvedModule, TaskResult, Timings};
 pub use task::{BatchRef, ModuleRef, ModuleRefError, Task, TaskId, TaskLimits};
+#[cfg(feature = "amqp")]
+pub use topology::Topology;

@@ -51,6 +51,22 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Process exit code for this outcome, shared by every CLI that reports one: the guest's own
+    /// code when it exited, otherwise 124 timeout (as `timeout(1)`), 125 memory limit, 126 output
+    /// limit, 127 module not found (as a shell), 128 trap, 2 invalid task.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Success => 0,
+            Outcome::NonZeroExit { code } => *code,
+            Outcome::Timeout { .. } => 124,
+            Outcome::MemoryLimitExceeded { .. } => 125,
+            Outcome::OutputLimitExceeded { .. } => 126,
+            Outcome::ModuleNotFound { .. } => 127,
+            Outcome::Trap { .. } => 128,
+            Outcome::InvalidTask { .. } => 2,
+        }
+    }
+
     /// Every label [`Outcome::label`] can return, for pre-registering metrics.
     pub const LABELS: [&'static str; 8] = [
         "success",

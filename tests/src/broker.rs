@@ -24,6 +24,8 @@ pub struct TestBroker {
     pub topology: Topology,
     /// A private durable reply queue for this test.
     pub reply_queue: String,
+    /// The broker URL this test's queues live on.
+    pub url: String,
     channel: Channel,
     _connection: Connection,
 }
@@ -31,10 +33,23 @@ pub struct TestBroker {
 impl TestBroker {
     /// Connects and declares this test's queues (same declarations as the worker).
     pub async fn new() -> Self {
+        Self::new_on(amqp_url()).await
+    }
+
+    /// Like [`TestBroker::new`], on the broker (or virtual host) at `url`.
+    pub async fn new_on(url: String) -> Self {
+        Self::new_with_delivery_limit(url, 5).await
+    }
+
+    /// Like [`TestBroker::new_on`], with the task queue's `x-delivery-limit` set to `limit`.
+    pub async fn new_with_delivery_limit(url: String, limit: u32) -> Self {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let topology = Topology::with_suffix(&suffix[..12]);
+        let topology = Topology {
+            delivery_limit: limit,
+            ..Topology::with_suffix(&suffix[..12])
+        };
         let reply_queue = format!("warren.test.replies.{}", &suffix[..12]);
-        let (connection, channel) = connect().await;
+        let (connection, channel) = connect(&url).await;
         topology.declare(&channel).await.expect("declare topology");
         let durable = QueueDeclareOptions {
             durable: true,
@@ -47,9 +62,17 @@ impl TestBroker {
         TestBroker {
             topology,
             reply_queue,
+            url,
             channel,
             _connection: connection,
         }
+    }
+
+    /// Replaces this test's publishing connection (after a test closed it on purpose).
+    pub async fn reconnect(&mut self) {
+        let (connection, channel) = connect(&self.url).await;
+        self.channel = channel;
+        self._connection = connection;
     }
 
     /// Publishes `task` (confirmed) with this test's reply queue as `reply_to`.
@@ -58,6 +81,43 @@ impl TestBroker {
             .with_reply_to(self.reply_queue.as_str().into())
             .with_message_id(task.id.to_string().into());
         self.publish_raw_with(&encode(task), props).await;
+    }
+
+    /// Publishes many tasks with confirms pipelined (at most 1024 unconfirmed), for big batches.
+    pub async fn publish_many(&self, tasks: &[Task]) {
+        let mut unconfirmed = std::collections::VecDeque::new();
+        for task in tasks {
+            if unconfirmed.len() >= 1024 {
+                Self::expect_ack(unconfirmed.pop_front()).await;
+            }
+            let props = BasicProperties::default()
+                .with_reply_to(self.reply_queue.as_str().into())
+                .with_message_id(task.id.to_string().into());
+            let confirm = self
+                .channel
+                .basic_publish(
+                    "".into(),
+                    self.topology.tasks.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &encode(task),
+                    props,
+                )
+                .await
+                .expect("publish");
+            unconfirmed.push_back(confirm);
+        }
+        while !unconfirmed.is_empty() {
+            Self::expect_ack(unconfirmed.pop_front()).await;
+        }
+    }
+
+    async fn expect_ack(confirm: Option<lapin::PublisherConfirm>) {
+        if let Some(confirm) = confirm {
+            assert!(
+                confirm.await.expect("confirm").is_ack(),
+                "broker refused a test message"
+            );
+        }
     }
 
     /// Publishes arbitrary bytes to the task queue (confirmed).
@@ -89,7 +149,7 @@ impl TestBroker {
 
     /// Messages ready in `queue` (not counting unacknowledged ones).
     pub async fn depth(&self, queue: &str) -> u32 {
-        let (_c, channel) = connect().await;
+        let (_c, channel) = connect(&self.url).await;
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
@@ -104,7 +164,7 @@ impl TestBroker {
     /// Collects results from the reply queue until `want` distinct task ids arrived (or
     /// `timeout`). Returns every result received, duplicates included, in arrival order.
     pub async fn collect(&self, want: usize, timeout: Duration) -> Vec<TaskResult> {
-        let (_c, channel) = connect().await;
+        let (_c, channel) = connect(&self.url).await;
         let mut consumer = channel
             .basic_consume(
                 self.reply_queue.as_str().into(),
@@ -146,7 +206,7 @@ impl TestBroker {
 
     /// Deletes this test's queues.
     pub async fn cleanup(self) {
-        let (_c, channel) = connect().await;
+        let (_c, channel) = connect(&self.url).await;
         for queue in [
             &self.topology.tasks,
             &self.topology.dead,
@@ -160,8 +220,8 @@ impl TestBroker {
     }
 }
 
-async fn connect() -> (Connection, Channel) {
-    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+async fn connect(url: &str) -> (Connection, Channel) {
+    let connection = Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("RabbitMQ must be running at AMQP_URL (scripts/ensure-rabbitmq starts it)");
     let channel = connection.create_channel().await.expect("channel");
@@ -170,4 +230,84 @@ async fn connect() -> (Connection, Channel) {
         .await
         .expect("confirms");
     (connection, channel)
+}
+
+/// Runs `rabbitmqctl` on the local broker node and returns its stdout; panics with its stderr
+/// when it fails. Fault tests use it to do what an operator (or a network) would do.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs (the local RabbitMQ node's CLI)");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A virtual host of its own (created if missing, guest given full rights) and its URL, so a test
+/// can force-close every connection of that vhost without touching other tests' connections.
+pub fn private_vhost(name: &str) -> String {
+    let exists = rabbitmqctl(&["list_vhosts", "-q", "--no-table-headers"])
+        .lines()
+        .any(|line| line.trim() == name);
+    if !exists {
+        rabbitmqctl(&["add_vhost", name]);
+    }
+    rabbitmqctl(&["set_permissions", "-p", name, "guest", ".*", ".*", ".*"]);
+    let base = amqp_url();
+    let root = base
+        .rsplit_once('/')
+        .map_or(base.as_str(), |(root, _)| root);
+    format!("{root}/{name}")
+}
+
+/// Closes every client connection of `vhost`, as a broker restart or network cut would.
+pub fn close_all_connections(vhost: &str) {
+    rabbitmqctl(&[
+        "close_all_connections",
+        "--vhost",
+        vhost,
+        "warren test: connection force-closed",
+    ]);
+}
+
+/// Messages delivered and not yet acknowledged in `queue` of `vhost`, as the broker counts them.
+/// For quorum queues the broker refreshes this figure every statistics interval (5 s by default),
+/// so a sampler must watch for longer than that.
+pub fn unacked(vhost: &str, queue: &str) -> u32 {
+    rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "-p",
+        vhost,
+        "name",
+        "messages_unacknowledged",
+    ])
+    .lines()
+    .filter_map(|line| line.split_once('\t'))
+    .find(|(name, _)| name.trim() == queue)
+    .and_then(|(_, count)| count.trim().parse().ok())
+    .unwrap_or(0)
+}
+
+/// Prefetch counts of the consumers on `queue` of `vhost`, as the broker applies them.
+pub fn consumer_prefetch(vhost: &str, queue: &str) -> Vec<u32> {
+    rabbitmqctl(&[
+        "list_consumers",
+        "-q",
+        "--no-table-headers",
+        "-p",
+        vhost,
+        "queue_name",
+        "prefetch_count",
+    ])
+    .lines()
+    .filter_map(|line| line.split_once('\t'))
+    .filter(|(name, _)| name.trim() == queue)
+    .filter_map(|(_, count)| count.trim().parse().ok())
+    .collect()
 }

@@ -5,6 +5,8 @@
 //! once.
 
 pub mod broker;
+pub mod observability;
+pub mod producer_cli;
 pub mod worker_process;
 
 use std::path::{Path, PathBuf};
@@ -51,16 +53,28 @@ pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--bins", "-p", "warren-worker", "-p", "warren"])
+            // Same package set and targets as `cargo test --workspace`, so features unify the
+            // same way and the test build's artifacts are reused instead of rebuilt.
+            .args(["build", "--workspace", "--all-targets", "--locked"])
             .current_dir(repo_root())
             .status()
             .expect("cannot run cargo build");
         assert!(status.success(), "cargo build of the binaries failed");
     });
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    target_dir().join("debug").join(name)
+}
+
+/// Cargo's target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    target.join("debug").join(name)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// An AOT cache shared by every worker process the tests start, so each compiles the modules
+/// at most once per engine configuration (cache writes are atomic renames, safe to share).
+pub fn shared_aot_cache() -> PathBuf {
+    target_dir().join("warren-test-aot-cache")
 }
 
 /// A sandbox config for tests: `slots` concurrent tasks, small caps so limit tests are quick.

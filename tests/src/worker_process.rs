@@ -1,29 +1,38 @@
 //! A real `warren-worker run` process on a test's queues: start it, wait until it is ready,
 //! signal it, read its metrics.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use warren_worker::daemon::Topology;
 
 use crate::broker::amqp_url;
-use crate::{binary, modules_dir};
+use crate::{binary, modules_dir, shared_aot_cache};
 
 /// A running worker process.
 pub struct WorkerProcess {
     child: Child,
     /// Where its `/metrics`, `/healthz` and `/readyz` answer.
     pub metrics_addr: SocketAddr,
-    _cache: tempfile::TempDir,
 }
 
 impl WorkerProcess {
     /// Starts a worker on `topology` with `concurrency` slots and extra CLI `args`, and waits
     /// until `/readyz` says it consumes.
     pub fn start(topology: &Topology, concurrency: usize, args: &[&str]) -> Self {
-        let cache = tempfile::tempdir().expect("cache dir");
+        Self::start_on(&amqp_url(), topology, concurrency, args)
+    }
+
+    /// Like [`WorkerProcess::start`], connected to the broker (or virtual host) at `url`.
+    pub fn start_on(url: &str, topology: &Topology, concurrency: usize, args: &[&str]) -> Self {
+        let mut worker = Self::spawn_on(url, topology, concurrency, args);
+        worker.wait_ready(Duration::from_secs(60));
+        worker
+    }
+
+    /// Starts a worker without waiting for it to be ready (it may die before, on purpose).
+    pub fn spawn_on(url: &str, topology: &Topology, concurrency: usize, args: &[&str]) -> Self {
         let metrics_addr = free_local_addr();
         let child = Command::new(binary("warren-worker"))
             .arg("run")
@@ -34,25 +43,23 @@ impl WorkerProcess {
                 &topology.dead,
             ])
             .args(["--results-queue", &topology.results])
+            .args(["--delivery-limit", &topology.delivery_limit.to_string()])
             .args(["--max-concurrent-tasks", &concurrency.to_string()])
             .args(["--metrics-addr", &metrics_addr.to_string()])
             .arg("--modules")
             .arg(modules_dir())
             .arg("--cache")
-            .arg(cache.path())
+            .arg(shared_aot_cache())
             .args(args)
-            .env("AMQP_URL", amqp_url())
+            .env("AMQP_URL", url)
             .env("WARREN_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
             .expect("warren-worker starts");
-        let mut worker = WorkerProcess {
+        WorkerProcess {
             child,
             metrics_addr,
-            _cache: cache,
-        };
-        worker.wait_ready(Duration::from_secs(60));
-        worker
+        }
     }
 
     /// Waits until `/readyz` answers 200.
@@ -89,6 +96,11 @@ impl WorkerProcess {
         assert!(status.success());
     }
 
+    /// The exit status if the process has ended, `None` while it runs.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait")
+    }
+
     /// Waits for the process to exit, at most `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
@@ -113,21 +125,7 @@ impl Drop for WorkerProcess {
 }
 
 fn free_local_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
+    warren_worker::probe::free_local_addr().expect("a free local port")
 }
 
-/// A minimal HTTP/1.0 GET: (status code, body), or None when nothing answers.
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((code, body))
-}
+pub use warren_worker::probe::http_get;

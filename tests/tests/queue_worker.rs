@@ -1,11 +1,15 @@
 //! `warren-worker run` against the real RabbitMQ: round trips, bad messages, drain on SIGTERM,
 //! metrics. Each test uses its own uniquely named queues.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use warren_schemas::{ModuleRef, Outcome, Task};
-use warren_tests::broker::TestBroker;
+use warren_tests::broker::{consumer_prefetch, unacked, TestBroker};
 use warren_tests::worker_process::WorkerProcess;
 
 fn task(module: &str, input: &[u8], args: &[&str]) -> Task {
@@ -75,8 +79,33 @@ async fn outcomes_round_trip_and_bad_messages_are_dead_lettered() {
         metrics.contains("warren_deliveries_rejected_total{reason=\"unsupported_version\"} 1"),
         "{metrics}"
     );
+    promtool_accepts(&metrics);
     drop(worker);
     broker.cleanup().await;
+}
+
+/// `promtool check metrics` (Prometheus's own linter) accepts the exposition.
+fn promtool_accepts(exposition: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs (scripts/ensure-prometheus installs it)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write exposition");
+    let output = promtool.wait_with_output().expect("promtool finishes");
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,5 +150,79 @@ async fn sigterm_drains_in_flight_tasks_and_exits_cleanly() {
         );
     }
     assert_eq!(finished.len() + rest.len(), tasks.len());
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_tasks_are_each_answered_exactly_once() {
+    let broker = TestBroker::new().await;
+    let worker = WorkerProcess::start(&broker.topology, 4, &[]);
+    let tasks: Vec<Task> = (0..600)
+        .map(|i| task("echo", format!("payload {i}").as_bytes(), &[]))
+        .collect();
+    for t in &tasks {
+        broker.publish(t).await;
+    }
+    let results = broker.collect(tasks.len(), Duration::from_secs(120)).await;
+    let by_id: HashMap<_, _> = results.iter().map(|r| (r.task_id, r)).collect();
+    assert_eq!(
+        results.len(),
+        tasks.len(),
+        "one result per task, no duplicates without faults"
+    );
+    for t in &tasks {
+        let result = by_id.get(&t.id).expect("every task answered");
+        assert_eq!(result.outcome, Outcome::Success);
+        assert_eq!(result.stdout, t.input, "result matched to its own task");
+    }
+    let metrics = worker.metrics();
+    assert!(
+        metrics.contains("warren_tasks_total{module=\"echo\",outcome=\"success\"} 600"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("warren_tasks_in_flight 0"), "{metrics}");
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_bounds_unacknowledged_deliveries() {
+    let broker = TestBroker::new().await;
+    // Four pool slots, but only two deliveries may be outstanding.
+    let _worker = WorkerProcess::start(&broker.topology, 4, &["--prefetch", "2"]);
+    assert_eq!(
+        consumer_prefetch("/", &broker.topology.tasks),
+        vec![2],
+        "one consumer, prefetch 2, as the broker sees it"
+    );
+    // 7 s of work at two at a time: longer than the broker's 5 s statistics interval.
+    let tasks: Vec<Task> = (0..14)
+        .map(|i| task("sleep", format!("{i}").as_bytes(), &["1000"]))
+        .collect();
+    for t in &tasks {
+        broker.publish(t).await;
+    }
+    // Sample the broker's own unacked count while the batch runs.
+    let done = Arc::new(AtomicBool::new(false));
+    let most = Arc::new(AtomicU32::new(0));
+    let sampler = {
+        let (done, most, queue) = (done.clone(), most.clone(), broker.topology.tasks.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                most.fetch_max(unacked("/", &queue), Ordering::Relaxed);
+            }
+        })
+    };
+    let results = broker.collect(tasks.len(), Duration::from_secs(60)).await;
+    done.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    assert_eq!(results.len(), tasks.len());
+    let most = most.load(Ordering::Relaxed);
+    assert!(
+        most <= 2,
+        "broker saw {most} unacked deliveries with prefetch 2"
+    );
+    assert!(most >= 1, "the sampler saw the batch in flight");
+    let ids: HashSet<_> = results.iter().map(|r| r.task_id).collect();
+    assert_eq!(ids.len(), tasks.len());
     broker.cleanup().await;
 }

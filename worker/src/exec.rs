@@ -3,7 +3,7 @@
 //!
 //! The guest's stdout goes to stdout and its stderr to stderr; a one-line report (outcome,
 //! module version, timings) follows on stderr. The process exits with the guest's exit code, or
-//! with a code naming the outcome when the guest did not exit (see [`exit_code`]).
+//! with a code naming the outcome when the guest did not exit (see [`Outcome::exit_code`]).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -54,22 +54,6 @@ pub fn parse_env_pair(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Exit code for a task's outcome: the guest's own code when it exited, otherwise
-/// 124 timeout (as `timeout(1)`), 125 memory limit, 126 output limit, 127 module not found (as a
-/// shell), 128 trap, 2 invalid task.
-pub fn exit_code(outcome: &Outcome) -> i32 {
-    match outcome {
-        Outcome::Success => 0,
-        Outcome::NonZeroExit { code } => *code,
-        Outcome::Timeout { .. } => 124,
-        Outcome::MemoryLimitExceeded { .. } => 125,
-        Outcome::OutputLimitExceeded { .. } => 126,
-        Outcome::ModuleNotFound { .. } => 127,
-        Outcome::Trap { .. } => 128,
-        Outcome::InvalidTask { .. } => 2,
-    }
-}
-
 /// Runs `warren-worker exec` and returns the process exit code.
 pub fn run_exec(args: ExecArgs) -> anyhow::Result<i32> {
     let input = read_input(args.input.as_deref())?;
@@ -98,7 +82,7 @@ pub fn run_exec(args: ExecArgs) -> anyhow::Result<i32> {
             names.join(", ")
         );
     }
-    Ok(exit_code(&result.outcome))
+    Ok(result.outcome.exit_code())
 }
 
 /// A path to a `.wasm` file is loaded on its own; anything else is a module reference looked up

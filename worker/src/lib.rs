@@ -10,9 +10,9 @@
 //! - [`executor`]: dedicated OS threads that run guests, one per pool slot.
 //! - [`runner`]: `Task` → `TaskResult` through the registry and executor.
 //! - [`daemon`]: `warren-worker run`, the queue worker (consume, run, publish confirmed, ack).
-//! - [`metrics`], [`http`]: Prometheus metrics and the health endpoints.
+//! - [`metrics`], [`http`]: Prometheus metrics and the health endpoints; [`probe`] reads them.
 //! - [`exec`]: `warren-worker exec`, the local, broker-less way to run one task.
-//! - [`bench`]: `warren-worker bench instantiate`, instantiation strategies side by side.
+//! - [`bench`]: `warren-worker bench instantiate|executor|queue`: numbers, side by side.
 #![deny(missing_docs)]
 
 pub mod bench;
@@ -23,6 +23,7 @@ pub mod exec;
 pub mod executor;
 pub mod http;
 pub mod metrics;
+pub mod probe;
 pub mod registry;
 pub mod runner;
 pub mod sandbox;

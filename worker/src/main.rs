@@ -3,7 +3,10 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use warren_worker::bench::{run_instantiate_bench, InstantiateBenchArgs};
+use warren_worker::bench::{
+    run_executor_bench, run_instantiate_bench, run_queue_bench, ExecutorBenchArgs,
+    InstantiateBenchArgs, QueueBenchArgs,
+};
 use warren_worker::daemon::{run, RunArgs};
 use warren_worker::exec::{run_exec, ExecArgs};
 
@@ -30,6 +33,10 @@ enum Command {
 enum BenchCommand {
     /// Instantiation strategies side by side: naive, CoW + InstancePre, warren's pool.
     Instantiate(InstantiateBenchArgs),
+    /// warren's task path without a broker vs a raw wasmtime loop, on all cores.
+    Executor(ExecutorBenchArgs),
+    /// Tasks/s and end-to-end latency through RabbitMQ, next to a null worker's ceiling.
+    Queue(QueueBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +52,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run_daemon(args),
         Command::Exec(args) => run_exec(args),
         Command::Bench(BenchCommand::Instantiate(args)) => run_instantiate_bench(&args).map(|_| 0),
+        Command::Bench(BenchCommand::Executor(args)) => run_executor_bench(&args).map(|_| 0),
+        Command::Bench(BenchCommand::Queue(args)) => run_queue_bench(&args).map(|_| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

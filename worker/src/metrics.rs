@@ -38,7 +38,7 @@ pub const MODULES_LOADED: &str = "warren_modules_loaded";
 /// Gauge of pool instance slots in use.
 pub const POOL_INSTANCES_IN_USE: &str = "warren_pool_instances_in_use";
 /// Gauge of pool instance slots in total.
-pub const POOL_INSTANCES_TOTAL: &str = "warren_pool_instances_total";
+pub const POOL_INSTANCES_CAPACITY: &str = "warren_pool_instances_capacity";
 /// Gauge of pooled memories in use.
 pub const POOL_MEMORIES_IN_USE: &str = "warren_pool_memories_in_use";
 /// Gauge of resident bytes held by unused pool memory slots.
@@ -102,7 +102,7 @@ fn describe() {
         "Pooling allocator core instance slots in use."
     );
     describe_gauge!(
-        POOL_INSTANCES_TOTAL,
+        POOL_INSTANCES_CAPACITY,
         "Pooling allocator core instance slots in total."
     );
     describe_gauge!(
@@ -155,7 +155,7 @@ pub fn record_reconnect() {
 pub fn refresh_gauges(registry: &ModuleRegistry) {
     gauge!(MODULES_LOADED).set(registry.len() as f64);
     let sandbox = registry.sandbox();
-    gauge!(POOL_INSTANCES_TOTAL).set(sandbox.config().concurrency() as f64);
+    gauge!(POOL_INSTANCES_CAPACITY).set(sandbox.config().concurrency() as f64);
     if let Some(pool) = pool_occupancy(sandbox.engine()) {
         gauge!(POOL_INSTANCES_IN_USE).set(pool.instances as f64);
         gauge!(POOL_MEMORIES_IN_USE).set(pool.memories as f64);

@@ -38,7 +38,7 @@ pub async fn handle(worker: Arc<Worker>, publisher: Channel, delivery: Delivery)
     let task_id = task.id;
     let reply_to = delivery.properties.reply_to().clone();
     // 2.–4. look up, instantiate, run (on the executor's threads)
-    let result = worker.runner.run(task, attempt(&delivery)).await;
+    let result = worker.execute(task, attempt(&delivery)).await;
     metrics::record_result(&result);
     debug!(%task_id, outcome = result.outcome.label(), "task finished");
     // 5. publish, confirmed; 6. ack

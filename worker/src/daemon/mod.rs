@@ -6,13 +6,12 @@
 //! and closes cleanly within the drain timeout.
 //!
 //! # Layout
-//! - [`topology`]: queue names and declarations.
+//! - queue names and declarations: [`warren_schemas::topology`], shared with the producer.
 //! - `session`: one connection's life — declare, QoS, consume, drain.
 //! - `delivery`: the per-task path (decode → run → publish confirmed → ack).
 
 mod delivery;
 mod session;
-pub mod topology;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +23,9 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use warren_schemas::task::unix_now_ns;
+use warren_schemas::{Outcome, Task, TaskResult, Timings};
+
 use crate::config::{parse_bytes, parse_duration};
 use crate::engine::Allocation;
 use crate::http::{self, HttpState};
@@ -32,7 +34,7 @@ use crate::runner::{default_worker_id, TaskRunner};
 use crate::sandbox::Sandbox;
 use crate::watch::watch_modules;
 use crate::{metrics, ModuleSource, SandboxConfig};
-pub use topology::Topology;
+pub use warren_schemas::Topology;
 
 /// Arguments of `warren-worker run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,9 +51,11 @@ pub struct RunArgs {
     #[command(flatten)]
     pub topology: Topology,
 
-    /// Deliveries the broker may send before acks (per consumer). Default and maximum: the
-    /// executor's concurrency, so the worker never holds more tasks than the pool can run.
-    #[arg(long, env = "WARREN_PREFETCH")]
+    /// Deliveries the broker may send before acks (per consumer). Default: 32 per executor
+    /// thread. Tasks beyond the running ones wait for a thread or for their result's confirm;
+    /// they hold no pool slot (instances exist only while a thread runs them), so a large
+    /// prefetch cannot exhaust the pool; it only keeps the broker round trip and the publisher
+    /// confirm latency off the critical path. Memory bound: prefetch × --max-message.
     pub prefetch: Option<u16>,
 
     /// Address of the metrics/health HTTP listener (`/metrics`, `/healthz`, `/readyz`).
@@ -77,11 +81,27 @@ pub struct RunArgs {
     /// Sandbox limits and pool size.
     #[command(flatten)]
     pub sandbox: SandboxConfig,
+
+    /// Benchmark aid: answer every task with its input as a success result, without running
+    /// wasm. Everything else (decode, publish confirmed, ack) is the real path, so `bench queue`
+    /// uses it to measure the broker-bound ceiling. Never useful in production.
+    #[arg(long, hide = true)]
+    pub null_executor: bool,
+
+    /// Fault injection for tests: the process aborts (as on a crash the sandbox cannot catch)
+    /// when it receives a task for this module, so tests can show such a task ends in the
+    /// dead-letter queue after the delivery limit instead of killing workers forever.
+    #[arg(long, hide = true, env = "WARREN_TEST_CRASH_ON_MODULE")]
+    pub test_crash_on_module: Option<String>,
 }
+
+/// Default deliveries outstanding per executor thread: enough to hide a broker round trip plus a
+/// publisher confirm (a few ms here) behind tasks of a few µs.
+pub const PREFETCH_PER_THREAD: usize = 32;
 
 /// Shared state of a running worker.
 pub struct Worker {
-    runner: TaskRunner,
+    execute: Execute,
     runner_id: String,
     amqp_url: String,
     topology: Topology,
@@ -89,6 +109,7 @@ pub struct Worker {
     drain_timeout: Duration,
     max_message_bytes: usize,
     consuming: Arc<AtomicBool>,
+    crash_on_module: Option<String>,
 }
 
 /// Runs the worker until `shutdown` completes, then drains and returns.
@@ -98,10 +119,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let concurrency = args.sandbox.concurrency();
     let prefetch = match args.prefetch {
-        None => u16::try_from(concurrency).unwrap_or(u16::MAX),
-        Some(p) if p == 0 || usize::from(p) > concurrency => anyhow::bail!(
-            "--prefetch {p} must be between 1 and the executor's concurrency ({concurrency}); raise --max-concurrent-tasks to prefetch more"
-        ),
+        None => u16::try_from(concurrency.saturating_mul(PREFETCH_PER_THREAD)).unwrap_or(u16::MAX),
+        Some(0) => anyhow::bail!("--prefetch must be at least 1"),
         Some(p) => p,
     };
     let sandbox = Arc::new(Sandbox::new(args.sandbox, Allocation::Pooled)?);
@@ -131,7 +150,12 @@ pub async fn run(
 
     let runner_id = args.worker_id.unwrap_or_else(default_worker_id);
     let worker = Arc::new(Worker {
-        runner: TaskRunner::start(registry, runner_id.clone())?,
+        execute: if args.null_executor {
+            warn!("--null-executor: tasks are answered without running them (benchmark mode)");
+            Execute::Null(runner_id.clone())
+        } else {
+            Execute::Sandbox(TaskRunner::start(registry, runner_id.clone())?)
+        },
         runner_id,
         amqp_url: args.amqp_url,
         topology: args.topology,
@@ -139,6 +163,7 @@ pub async fn run(
         drain_timeout: args.drain_timeout,
         max_message_bytes: usize::try_from(args.max_message).unwrap_or(usize::MAX),
         consuming,
+        crash_on_module: args.test_crash_on_module,
     });
 
     let signal = stop.clone();
@@ -173,6 +198,47 @@ pub async fn run(
     stop.cancel();
     info!("stopped");
     Ok(())
+}
+
+/// What answers a task: the real sandbox, or (benchmarks only) nothing at all.
+enum Execute {
+    Sandbox(TaskRunner),
+    /// Echoes the input back as a success, worker id attached.
+    Null(String),
+}
+
+impl Worker {
+    /// Runs `task` (delivery attempt `attempt`) and returns its result.
+    async fn execute(&self, task: Task, attempt: u32) -> TaskResult {
+        if self.crash_on_module.as_deref() == Some(task.module.name.as_str()) {
+            tracing::error!(task_id = %task.id, "--test-crash-on-module: aborting the process");
+            std::process::abort();
+        }
+        match &self.execute {
+            Execute::Sandbox(runner) => runner.run(task, attempt).await,
+            Execute::Null(worker_id) => null_result(task, attempt, worker_id),
+        }
+    }
+}
+
+/// The result a trivial echo task would get, made without a sandbox.
+fn null_result(task: Task, attempt: u32, worker_id: &str) -> TaskResult {
+    TaskResult {
+        task_id: task.id,
+        batch: task.batch,
+        module: None,
+        outcome: Outcome::Success,
+        stdout: task.input,
+        stderr: Vec::new(),
+        stderr_truncated: false,
+        exit_code: Some(0),
+        timings: Timings {
+            queue_wait_ns: unix_now_ns().saturating_sub(task.submitted_at_unix_ns),
+            ..Timings::default()
+        },
+        worker_id: worker_id.to_owned(),
+        attempt,
+    }
 }
 
 /// Capped exponential backoff: 100 ms doubling to 5 s.

@@ -32,7 +32,10 @@ pub enum SessionEnd {
 
 /// Runs one session. Errors mean the connection failed or was lost.
 pub async fn serve(worker: &Arc<Worker>, stop: &CancellationToken) -> lapin::Result<SessionEnd> {
-    let connection = Connection::connect(&worker.amqp_url, ConnectionProperties::default()).await?;
+    // Named, so operators can tell workers apart in the management UI and `rabbitmqctl`.
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("warren-worker {}", worker.runner_id).into());
+    let connection = Connection::connect(&worker.amqp_url, properties).await?;
     let consume = connection.create_channel().await?;
     let publish = connection.create_channel().await?;
     publish

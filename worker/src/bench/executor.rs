@@ -1,0 +1,186 @@
+//! `warren-worker bench executor`: warren's whole task path without a broker, on all cores, next
+//! to the smallest loop raw wasmtime allows on the same engine and module — fresh store,
+//! instantiate from an `InstancePre`, call `_start`, drop — measured in the same run.
+//!
+//! The ratio says what warren's per-task work costs over the bare minimum: the task → call
+//! translation, the WASI context with captured stdio, limits, deadline and outcome
+//! classification, the hand-off to an executor thread and back, and the result.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use warren_schemas::{ModuleRef, Task};
+use wasmtime::{Linker, Store};
+use wasmtime_wasi::p1::{add_to_linker_sync, WasiP1Ctx};
+use wasmtime_wasi::WasiCtxBuilder;
+
+use crate::config::parse_duration;
+use crate::engine::Allocation;
+use crate::registry::{LoadedModule, ModuleRegistry};
+use crate::runner::TaskRunner;
+use crate::sandbox::Sandbox;
+use crate::{ModuleSource, SandboxConfig};
+
+/// Arguments of `warren-worker bench executor`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExecutorBenchArgs {
+    /// Measuring time of each side.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// The trivial module to run.
+    #[arg(long, default_value = "echo")]
+    pub module: String,
+
+    /// Threads on each side. Default: every core.
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Where modules come from.
+    #[command(flatten)]
+    pub source: ModuleSource,
+
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Both sides of the comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecutorBenchRow {
+    /// Module measured.
+    pub module: String,
+    /// Threads on each side.
+    pub threads: usize,
+    /// Raw wasmtime loop: tasks per second.
+    pub raw_tasks_per_s: f64,
+    /// warren (`TaskRunner::run`, whole task path minus the broker): tasks per second.
+    pub warren_tasks_per_s: f64,
+    /// `warren_tasks_per_s / raw_tasks_per_s`.
+    pub ratio: f64,
+}
+
+/// Runs both sides and prints the comparison.
+pub fn run_executor_bench(args: &ExecutorBenchArgs) -> anyhow::Result<ExecutorBenchRow> {
+    let threads = args.threads.unwrap_or_else(num_cpus::get).max(1);
+    let config = SandboxConfig {
+        max_concurrent_tasks: Some(threads),
+        ..SandboxConfig::default()
+    };
+    let sandbox = Arc::new(Sandbox::new(config, Allocation::Pooled)?);
+    let registry = Arc::new(ModuleRegistry::new(
+        sandbox.clone(),
+        args.source.cache_dir(),
+    ));
+    let path = args
+        .source
+        .modules_dir
+        .join(format!("{}.wasm", args.module));
+    let module = registry.load_file(&path).with_context(|| {
+        format!(
+            "cannot load {} (run modules/build.sh first)",
+            path.display()
+        )
+    })?;
+
+    let raw = raw_loop(&sandbox, &module, threads, args.duration)?;
+    let runner = Arc::new(TaskRunner::start(registry, "bench")?);
+    let warren = warren_loop(&runner, &args.module, threads, args.duration)?;
+    let row = ExecutorBenchRow {
+        module: args.module.clone(),
+        threads,
+        raw_tasks_per_s: raw,
+        warren_tasks_per_s: warren,
+        ratio: warren / raw,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&row)?);
+    } else {
+        println!(
+            "{:<8} {:>7} {:>14} {:>14} {:>7}",
+            "module", "threads", "raw tasks/s", "warren tasks/s", "ratio"
+        );
+        println!(
+            "{:<8} {:>7} {:>14.0} {:>14.0} {:>7.2}",
+            row.module, row.threads, row.raw_tasks_per_s, row.warren_tasks_per_s, row.ratio
+        );
+    }
+    Ok(row)
+}
+
+/// The bare minimum on `threads` threads: fresh store with an empty WASI context, instantiate
+/// from a pre-linked module, call `_start`, drop.
+fn raw_loop(
+    sandbox: &Sandbox,
+    module: &LoadedModule,
+    threads: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let engine = sandbox.engine();
+    let mut linker: Linker<WasiP1Ctx> = Linker::new(engine);
+    add_to_linker_sync(&mut linker, |ctx| ctx)?;
+    let pre = linker.instantiate_pre(module.pre.module())?;
+    let started = Instant::now();
+    let counts = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<u64> {
+                    let mut done = 0;
+                    while started.elapsed() < duration {
+                        let mut store = Store::new(engine, WasiCtxBuilder::new().build_p1());
+                        // The engine interrupts on epochs; this store must not be interrupted.
+                        store.set_epoch_deadline(u64::MAX / 2);
+                        let instance = pre.instantiate(&mut store)?;
+                        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                        start.call(&mut store, ())?;
+                        done += 1;
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("raw loop thread panicked"))
+            })
+            .collect::<anyhow::Result<Vec<u64>>>()
+    })?;
+    Ok(counts.iter().sum::<u64>() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// warren's path: `TaskRunner::run` with `2 × threads` tasks in flight, as the daemon keeps it.
+fn warren_loop(
+    runner: &Arc<TaskRunner>,
+    module: &str,
+    threads: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let module: ModuleRef = module.parse()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    runtime.block_on(async {
+        let mut in_flight = tokio::task::JoinSet::new();
+        let started = Instant::now();
+        let mut done = 0u64;
+        let window = threads * 2;
+        loop {
+            while in_flight.len() < window && started.elapsed() < duration {
+                let task = Task::new(module.clone(), Vec::new());
+                let runner = runner.clone();
+                in_flight.spawn(async move { runner.run(task, 1).await });
+            }
+            let Some(result) = in_flight.join_next().await else {
+                break;
+            };
+            let result = result?;
+            if !result.outcome.is_success() {
+                bail!("benchmark task did not succeed: {}", result.outcome);
+            }
+            done += 1;
+        }
+        Ok(done as f64 / started.elapsed().as_secs_f64())
+    })
+}

@@ -1,0 +1,606 @@
+//! `warren-worker bench queue`: tasks per second and end-to-end latency through the real broker,
+//! side by side with a **null worker** measured in the same run. The null worker is
+//! `warren-worker run --null-executor`: the same AMQP path (consume with the same prefetch,
+//! decode, publish a same-sized result with confirms, ack) without any wasm, i.e. the ceiling the
+//! broker allows on this machine. Ratios to it are what compare across machines.
+//!
+//! Each case gets its own queues and its own worker processes. Throughput: the task queue is
+//! filled first (publisher confirms pipelined), then the workers start and drain it; tasks/s is
+//! counted between the first and the last result so start-up does not count. Latency: tasks are
+//! then published at a fraction (default ½) of that peak and timed from their submitted-at to
+//! their result arriving here. Instantiate percentiles come from every result's own timings.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, PublisherConfirm,
+};
+use serde::Serialize;
+use warren_schemas::task::unix_now_ns;
+use warren_schemas::{
+    decode, encode, BatchRef, ModuleRef, Task, TaskResult, Topology, DEFAULT_MAX_MESSAGE_BYTES,
+};
+
+use super::percentile;
+use crate::probe::{free_local_addr, http_get};
+use crate::ModuleSource;
+
+/// What runs the tasks in one case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Case {
+    /// One `--null-executor` worker: the broker-bound ceiling.
+    Null,
+    /// One worker, trivial module (`echo`).
+    Trivial,
+    /// Two worker processes, trivial module.
+    TrivialX2,
+    /// One worker, the 24 MiB data module (`lookup`).
+    Data,
+}
+
+impl Case {
+    fn name(self) -> &'static str {
+        match self {
+            Case::Null => "null",
+            Case::Trivial => "trivial",
+            Case::TrivialX2 => "trivial-x2",
+            Case::Data => "data-24MiB",
+        }
+    }
+
+    fn module(self) -> &'static str {
+        match self {
+            Case::Data => "lookup",
+            _ => "echo",
+        }
+    }
+
+    fn processes(self) -> usize {
+        match self {
+            Case::TrivialX2 => 2,
+            _ => 1,
+        }
+    }
+
+    /// Same size for every case, so results are the same size too.
+    fn input(self) -> &'static [u8] {
+        match self {
+            Case::Data => b"4242\n",
+            _ => b"warren\n",
+        }
+    }
+}
+
+/// Arguments of `warren-worker bench queue`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueueBenchArgs {
+    /// Broker URL (its password is never printed).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// Tasks per case in the throughput phase.
+    #[arg(long, default_value_t = 50_000)]
+    pub tasks: usize,
+
+    /// Tasks per case in the latency phase. Default: a fifth of `--tasks`.
+    #[arg(long)]
+    pub latency_tasks: Option<usize>,
+
+    /// Publishing rate of the latency phase, as a fraction of the case's peak tasks/s.
+    #[arg(long, default_value_t = 0.5)]
+    pub latency_load: f64,
+
+    /// Cases, in order. `null` should come first: the others report their ratio to it.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_values_t = [Case::Null, Case::Trivial, Case::TrivialX2, Case::Data]
+    )]
+    pub cases: Vec<Case>,
+
+    /// Extra arguments for every worker process, e.g. `--worker-arg=--prefetch=8`.
+    #[arg(long = "worker-arg", allow_hyphen_values = true)]
+    pub worker_args: Vec<String>,
+
+    /// Where the workers load modules from.
+    #[command(flatten)]
+    pub source: ModuleSource,
+
+    /// Print one JSON object per case (one per line) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One measured case.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueBenchRow {
+    /// Case name.
+    pub case: &'static str,
+    /// Worker processes.
+    pub processes: usize,
+    /// Tasks in the throughput phase.
+    pub tasks: usize,
+    /// Results per second while the queue drained.
+    pub tasks_per_s: f64,
+    /// `tasks_per_s` over the null worker's, when the null case ran first.
+    pub ratio_to_null: Option<f64>,
+    /// Publishing rate of the latency phase.
+    pub latency_rate_per_s: f64,
+    /// Median submitted-at → result received.
+    pub e2e_p50_ms: f64,
+    /// 99th percentile submitted-at → result received.
+    pub e2e_p99_ms: f64,
+    /// Median instantiate time inside the worker (none for the null worker).
+    pub instantiate_p50_us: Option<f64>,
+    /// 99th percentile instantiate time inside the worker.
+    pub instantiate_p99_us: Option<f64>,
+    /// Worker CPU time (user + system, all processes) per task in the throughput phase.
+    pub worker_cpu_us_per_task: f64,
+    /// Results received more than once (redeliveries); 0 without faults.
+    pub duplicates: usize,
+}
+
+/// Runs the cases and prints the table (or JSON lines); returns the rows.
+pub fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<Vec<QueueBenchRow>> {
+    if args.tasks < 2 {
+        bail!("--tasks must be at least 2");
+    }
+    if !(args.latency_load > 0.0 && args.latency_load <= 1.0) {
+        bail!("--latency-load must be in (0, 1]");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut rows: Vec<QueueBenchRow> = Vec::new();
+        let mut null_rate = None;
+        for &case in &args.cases {
+            let mut row = run_case(args, case)
+                .await
+                .with_context(|| format!("case {}", case.name()))?;
+            if case == Case::Null {
+                null_rate = Some(row.tasks_per_s);
+            }
+            row.ratio_to_null = null_rate.map(|null| row.tasks_per_s / null);
+            if args.json {
+                println!("{}", serde_json::to_string(&row)?);
+            }
+            rows.push(row);
+        }
+        if !args.json {
+            print_table(&rows);
+        }
+        Ok(rows)
+    })
+}
+
+/// This case's queues, deleted when the case ends (whatever happened).
+struct CaseQueues {
+    topology: Topology,
+    replies: String,
+}
+
+async fn run_case(args: &QueueBenchArgs, case: Case) -> anyhow::Result<QueueBenchRow> {
+    let suffix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let queues = CaseQueues {
+        topology: Topology::with_suffix(&suffix),
+        replies: format!("warren.bench.replies.{suffix}"),
+    };
+    let connection = Connection::connect(&args.amqp_url, ConnectionProperties::default())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to {}",
+                crate::daemon::redact(&args.amqp_url)
+            )
+        })?;
+    let channel = connection.create_channel().await?;
+    queues.topology.declare(&channel).await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(
+            queues.replies.as_str().into(),
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    let measured = measure(args, case, &connection, &queues).await;
+    for queue in [
+        &queues.topology.tasks,
+        &queues.topology.dead,
+        &queues.topology.results,
+        &queues.replies,
+    ] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = connection.close(200, "bench done".into()).await;
+    measured
+}
+
+async fn measure(
+    args: &QueueBenchArgs,
+    case: Case,
+    connection: &Connection,
+    queues: &CaseQueues,
+) -> anyhow::Result<QueueBenchRow> {
+    let label = case.name();
+    // Throughput: fill, then let the workers drain it.
+    let n = args.tasks;
+    let mut publisher = Publisher::new(connection, queues).await?;
+    let filling = Instant::now();
+    for index in 0..n {
+        publisher.publish(&bench_task(case, index)).await?;
+    }
+    publisher.finish().await?;
+    eprintln!(
+        "[{label}] queued {n} tasks in {:.1?} ({:.0}/s publish with confirms)",
+        filling.elapsed(),
+        n as f64 / filling.elapsed().as_secs_f64()
+    );
+    let mut results = Results::consume(connection, &queues.replies).await?;
+    let mut workers = WorkerProcesses::start(args, case, &queues.topology)?;
+    workers.wait_ready(Duration::from_secs(120)).await?;
+    let cpu_before = workers.cpu_ticks();
+    let drained = results.collect(n, Duration::from_secs(60)).await?;
+    let cpu_after = workers.cpu_ticks();
+    let (first, last) = match (drained.first(), drained.last()) {
+        (Some(first), Some(last)) => (first.at, last.at),
+        _ => bail!("no results arrived"),
+    };
+    let tasks_per_s = (n - 1) as f64 / last.duration_since(first).as_secs_f64().max(1e-9);
+    let mut instantiate: Vec<u64> = drained.iter().filter_map(|r| r.instantiate_ns).collect();
+    instantiate.sort_unstable();
+    let cpu_us_per_task =
+        cpu_after.saturating_sub(cpu_before) as f64 * 1e6 / CLOCK_TICKS_PER_S / n as f64;
+    eprintln!("[{label}] drained at {tasks_per_s:.0} tasks/s");
+
+    // Latency at a fraction of that peak.
+    let m = args.latency_tasks.unwrap_or(n / 5).max(1);
+    let rate = tasks_per_s * args.latency_load;
+    let submitted: Arc<Vec<AtomicU64>> = Arc::new((0..m).map(|_| AtomicU64::new(0)).collect());
+    let paced = {
+        let mut publisher = Publisher::new(connection, queues).await?;
+        let submitted = submitted.clone();
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            for index in 0..m {
+                let due = start + Duration::from_secs_f64(index as f64 / rate);
+                tokio::time::sleep_until(due).await;
+                let task = bench_task(case, index);
+                submitted[index].store(task.submitted_at_unix_ns, Ordering::Relaxed);
+                publisher.publish(&task).await?;
+            }
+            publisher.finish().await
+        })
+    };
+    let answered = results.collect(m, Duration::from_secs(60)).await?;
+    paced.await??;
+    let mut e2e: Vec<u64> = answered
+        .iter()
+        .filter_map(|r| {
+            let sent = submitted.get(r.index?)?.load(Ordering::Relaxed);
+            Some(r.unix_ns.saturating_sub(sent))
+        })
+        .collect();
+    e2e.sort_unstable();
+    workers.stop();
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let us =
+        |sorted: &[u64], p: f64| (!sorted.is_empty()).then(|| percentile(sorted, p) as f64 / 1e3);
+    Ok(QueueBenchRow {
+        case: label,
+        processes: case.processes(),
+        tasks: n,
+        tasks_per_s,
+        ratio_to_null: None,
+        latency_rate_per_s: rate,
+        e2e_p50_ms: ms(percentile(&e2e, 50.0)),
+        e2e_p99_ms: ms(percentile(&e2e, 99.0)),
+        instantiate_p50_us: us(&instantiate, 50.0),
+        instantiate_p99_us: us(&instantiate, 99.0),
+        worker_cpu_us_per_task: cpu_us_per_task,
+        duplicates: results.duplicates,
+    })
+}
+
+fn bench_task(case: Case, index: usize) -> Task {
+    let module: ModuleRef = ModuleRef {
+        name: case.module().to_owned(),
+        digest_prefix: None,
+    };
+    let mut task = Task::new(module, case.input().to_vec());
+    task.batch = Some(BatchRef {
+        batch_id: uuid::Uuid::nil(),
+        index: index as u64,
+    });
+    task
+}
+
+/// Publishes tasks with confirms pipelined: up to [`Publisher::OUTSTANDING`] unconfirmed.
+struct Publisher {
+    channel: Channel,
+    queue: String,
+    properties: BasicProperties,
+    unconfirmed: VecDeque<PublisherConfirm>,
+}
+
+impl Publisher {
+    const OUTSTANDING: usize = 2048;
+
+    async fn new(connection: &Connection, queues: &CaseQueues) -> anyhow::Result<Self> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher {
+            channel,
+            queue: queues.topology.tasks.clone(),
+            properties: BasicProperties::default()
+                .with_reply_to(queues.replies.as_str().into())
+                .with_delivery_mode(2),
+            unconfirmed: VecDeque::new(),
+        })
+    }
+
+    async fn publish(&mut self, task: &Task) -> anyhow::Result<()> {
+        if self.unconfirmed.len() >= Self::OUTSTANDING {
+            self.confirm_oldest().await?;
+        }
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &encode(task),
+                self.properties
+                    .clone()
+                    .with_message_id(task.id.to_string().into()),
+            )
+            .await?;
+        self.unconfirmed.push_back(confirm);
+        Ok(())
+    }
+
+    async fn confirm_oldest(&mut self) -> anyhow::Result<()> {
+        if let Some(confirm) = self.unconfirmed.pop_front() {
+            if !confirm.await?.is_ack() {
+                bail!("the broker refused a task (nack)");
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        while !self.unconfirmed.is_empty() {
+            self.confirm_oldest().await?;
+        }
+        Ok(())
+    }
+}
+
+/// One result as the bench saw it arrive.
+struct Received {
+    at: Instant,
+    unix_ns: u64,
+    index: Option<usize>,
+    instantiate_ns: Option<u64>,
+}
+
+/// The results queue, consumed without acks (the bench is the only reader).
+struct Results {
+    consumer: Consumer,
+    _channel: Channel,
+    seen: HashSet<uuid::Uuid>,
+    duplicates: usize,
+}
+
+impl Results {
+    async fn consume(connection: &Connection, queue: &str) -> anyhow::Result<Self> {
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(4096, BasicQosOptions::default()).await?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Results {
+            consumer,
+            _channel: channel,
+            seen: HashSet::new(),
+            duplicates: 0,
+        })
+    }
+
+    /// The next `want` distinct results; fails when none arrives for `stall`.
+    async fn collect(&mut self, want: usize, stall: Duration) -> anyhow::Result<Vec<Received>> {
+        let mut received = Vec::with_capacity(want);
+        while received.len() < want {
+            let delivery = match tokio::time::timeout(stall, self.consumer.next()).await {
+                Ok(Some(delivery)) => delivery?,
+                Ok(None) => bail!("the results consumer was cancelled"),
+                Err(_) => bail!("no result for {stall:?} after {} of {want}", received.len()),
+            };
+            let at = Instant::now();
+            let unix_ns = unix_now_ns();
+            let result: TaskResult = decode(&delivery.data, DEFAULT_MAX_MESSAGE_BYTES)
+                .context("a result did not decode")?;
+            if !result.outcome.is_success() {
+                bail!("task failed: {:?}", result.outcome);
+            }
+            if !self.seen.insert(result.task_id) {
+                self.duplicates += 1;
+                continue;
+            }
+            received.push(Received {
+                at,
+                unix_ns,
+                index: result.batch.and_then(|b| usize::try_from(b.index).ok()),
+                instantiate_ns: result
+                    .module
+                    .is_some()
+                    .then_some(result.timings.instantiate_ns),
+            });
+        }
+        Ok(received)
+    }
+}
+
+/// `/proc/<pid>/stat` counts CPU time in USER_HZ ticks, 100 per second on Linux.
+const CLOCK_TICKS_PER_S: f64 = 100.0;
+
+/// The worker processes of one case.
+struct WorkerProcesses {
+    children: Vec<(Child, SocketAddr)>,
+}
+
+impl WorkerProcesses {
+    fn start(args: &QueueBenchArgs, case: Case, topology: &Topology) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find my own executable")?;
+        let mut children = Vec::new();
+        for _ in 0..case.processes() {
+            let metrics_addr = free_local_addr()?;
+            let mut command = Command::new(&exe);
+            command
+                .arg("run")
+                .args(["--tasks-queue", &topology.tasks])
+                .args(["--dead-queue", &topology.dead])
+                .args(["--results-queue", &topology.results])
+                .args(["--metrics-addr", &metrics_addr.to_string()])
+                .arg("--modules")
+                .arg(&args.source.modules_dir)
+                .arg("--cache")
+                .arg(args.source.cache_dir())
+                .args(&args.worker_args)
+                .env("AMQP_URL", &args.amqp_url)
+                .stdin(Stdio::null());
+            if case == Case::Null {
+                command.arg("--null-executor");
+            }
+            let child = command.spawn().context("cannot start a worker process")?;
+            children.push((child, metrics_addr));
+        }
+        Ok(WorkerProcesses { children })
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for (child, addr) in &mut self.children {
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    bail!("a worker exited before it was ready: {status}");
+                }
+                let addr = *addr;
+                let ready = tokio::task::spawn_blocking(move || http_get(addr, "/readyz"))
+                    .await?
+                    .is_some_and(|(code, _)| code == 200);
+                if ready {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("a worker was not ready within {timeout:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// User + system CPU ticks of all the processes so far.
+    fn cpu_ticks(&self) -> u64 {
+        self.children
+            .iter()
+            .filter_map(|(child, _)| {
+                let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
+                // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+                let rest = stat.rsplit_once(')')?.1;
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let utime: u64 = fields.get(11)?.parse().ok()?;
+                let stime: u64 = fields.get(12)?.parse().ok()?;
+                Some(utime + stime)
+            })
+            .sum()
+    }
+
+    /// SIGTERM, then wait: the workers drain (nothing is in flight by now) and exit.
+    fn stop(&mut self) {
+        for (child, _) in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for (child, _) in &mut self.children {
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for WorkerProcesses {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn print_table(rows: &[QueueBenchRow]) {
+    println!(
+        "{:<12} {:>5} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "case",
+        "procs",
+        "tasks/s",
+        "×null",
+        "e2e p50",
+        "e2e p99",
+        "inst p50",
+        "inst p99",
+        "cpu/task"
+    );
+    let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}µs"));
+    for row in rows {
+        println!(
+            "{:<12} {:>5} {:>10.0} {:>7} {:>8.2}ms {:>8.2}ms {:>10} {:>10} {:>8.1}µs",
+            row.case,
+            row.processes,
+            row.tasks_per_s,
+            row.ratio_to_null
+                .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+            row.e2e_p50_ms,
+            row.e2e_p99_ms,
+            us(row.instantiate_p50_us),
+            us(row.instantiate_p99_us),
+            row.worker_cpu_us_per_task,
+        );
+    }
+}
