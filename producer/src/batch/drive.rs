@@ -1,0 +1,294 @@
+//! The two loops of a batch run, side by side in one task: **publish** (journal the task, publish
+//! it, journal its confirm; paced by `--rate`, bounded by `--max-outstanding`) and **collect**
+//! (write each new result, then ack it) until every published task has its result on disk.
+//!
+//! Either loop failing, or the shutdown signal, stops both: publishing stops issuing new tasks
+//! but still waits for the confirms of those on the wire (so the journal knows about them), and
+//! collecting stops after the result in hand is written and acked. Unacked results stay in the
+//! queue for the next `collect`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use warren_schemas::{BatchRef, Task};
+
+use super::inputs::{self, BatchInput};
+use super::journal::Journal;
+use super::manifest::Manifest;
+use super::sink::Sink;
+use super::summary::Summary;
+use super::{BatchOptions, BatchReport, Observer};
+use crate::error::{ProducerError, Result};
+use crate::producer::Producer;
+use crate::publisher::{Confirmed, Publisher};
+use crate::results::ResultStream;
+
+/// One run over a batch: the shared context of the publish and collect loops.
+pub(super) struct Run<'a> {
+    /// The connection to publish and consume on.
+    pub producer: &'a Producer,
+    /// The batch.
+    pub manifest: &'a Manifest,
+    /// Its output directory.
+    pub out: PathBuf,
+    /// Told about progress.
+    pub observer: &'a dyn Observer,
+    /// Cancelled by the user (Ctrl-C): stop both loops, keep everything consistent.
+    pub shutdown: &'a CancellationToken,
+    /// When this run started, for the rate in the report.
+    pub started: Instant,
+}
+
+impl Run<'_> {
+    /// Publishes `to_publish` and (when waiting) collects until every published task has a
+    /// result on disk.
+    pub async fn drive(
+        &self,
+        mut journal: Journal,
+        mut sink: Sink,
+        to_publish: Vec<(u64, BatchInput)>,
+        options: &BatchOptions,
+    ) -> Result<BatchReport> {
+        let mut expected: HashSet<u64> = journal.state().sent.iter().copied().collect();
+        expected.extend(to_publish.iter().map(|(i, _)| *i));
+        let done_expected = sink
+            .records()
+            .iter()
+            .filter(|r| expected.contains(&r.index))
+            .count() as u64;
+        self.observer.started(
+            self.manifest,
+            to_publish.len() as u64,
+            expected.len() as u64,
+            done_expected,
+        );
+        // Stops both loops: the user's shutdown, or either loop failing.
+        let stop = self.shutdown.child_token();
+        let mut stream = if options.wait {
+            Some(
+                ResultStream::consume(self.producer, &self.manifest.results_queue, sink.done_ids())
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let publishing = async {
+            let outcome = self.publish(&mut journal, to_publish, options, &stop).await;
+            if outcome.is_err() {
+                stop.cancel();
+            }
+            outcome
+        };
+        let collecting = async {
+            let Some(stream) = stream.as_mut() else {
+                return Ok(0);
+            };
+            let outcome = self.collect(stream, &mut sink, expected, &stop).await;
+            if outcome.is_err() {
+                stop.cancel();
+            }
+            outcome
+        };
+        let (published, collected) = tokio::join!(publishing, collecting);
+        let duplicates = stream.as_ref().map_or(0, ResultStream::duplicates);
+        if let Some(stream) = stream {
+            stream.close().await;
+        }
+        published?;
+        let collected_now = collected?;
+        let interrupted = self.shutdown.is_cancelled();
+        let report = self.report(
+            journal.state().sent.len() as u64,
+            &sink,
+            collected_now,
+            duplicates,
+            interrupted,
+            options.wait,
+        );
+        if options.wait && !interrupted && report.missing() == 0 && report.unpublished() == 0 {
+            self.tidy_up().await;
+        }
+        Ok(report)
+    }
+
+    /// Publishes each task (journal, publish, journal on confirm), paced by `rate`, until done
+    /// or `stop`.
+    async fn publish(
+        &self,
+        journal: &mut Journal,
+        to_publish: Vec<(u64, BatchInput)>,
+        options: &BatchOptions,
+        stop: &CancellationToken,
+    ) -> Result<()> {
+        if to_publish.is_empty() {
+            return Ok(());
+        }
+        let mut publisher = Publisher::new(self.producer, options.max_outstanding).await?;
+        let started = tokio::time::Instant::now();
+        let reply_to = Some(self.manifest.results_queue.as_str());
+        let mut outcome = Ok(());
+        for (n, (index, input)) in to_publish.into_iter().enumerate() {
+            if let Some(rate) = options.rate {
+                let at = started + Duration::from_secs_f64(n as f64 / rate);
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep_until(at) => {}
+                }
+            }
+            if stop.is_cancelled() {
+                break;
+            }
+            let step = async {
+                let task = self.task(index, &input)?;
+                journal.sent(index)?;
+                let confirmed = publisher.publish(&task, reply_to).await?;
+                self.record_confirms(journal, &confirmed)
+            };
+            if let Err(e) = step.await {
+                outcome = Err(e);
+                break;
+            }
+        }
+        // Whatever happened, wait for the confirms of what is on the wire (bounded: the broker
+        // answers quickly or the connection is gone).
+        while let Some(confirm) = publisher.next_confirmed().await {
+            if let Err(e) = confirm.and_then(|c| self.record_confirms(journal, &[c])) {
+                if outcome.is_ok() {
+                    outcome = Err(e);
+                }
+            }
+        }
+        publisher.close().await;
+        outcome
+    }
+
+    fn record_confirms(&self, journal: &mut Journal, confirmed: &[Confirmed]) -> Result<()> {
+        for c in confirmed {
+            if let Some(batch) = c.batch {
+                journal.confirmed(batch.index)?;
+            }
+            self.observer.confirmed();
+        }
+        Ok(())
+    }
+
+    /// The task for input `index`.
+    fn task(&self, index: u64, input: &BatchInput) -> Result<Task> {
+        let entry = self.manifest.task(index).ok_or_else(|| {
+            ProducerError::Internal(format!("task {index} is not in the manifest"))
+        })?;
+        let bytes = input.read().map_err(|e| match &input.data {
+            inputs::InputData::File(path) => ProducerError::io(path, e),
+            inputs::InputData::Inline(_) => ProducerError::Internal(e.to_string()),
+        })?;
+        let mut task = Task::new(self.manifest.module.clone(), bytes);
+        task.id = entry.task_id;
+        task.args = self
+            .manifest
+            .args
+            .iter()
+            .chain(&input.args)
+            .cloned()
+            .collect();
+        task.env = self
+            .manifest
+            .env
+            .iter()
+            .filter(|(k, _)| !input.env.iter().any(|(k2, _)| k2 == k))
+            .chain(&input.env)
+            .cloned()
+            .collect();
+        task.limits = self.manifest.limits;
+        task.batch = Some(BatchRef {
+            batch_id: self.manifest.batch_id,
+            index,
+        });
+        Ok(task)
+    }
+
+    /// Writes results until every index in `expected` has one, or `stop`. Returns how many this
+    /// run wrote.
+    async fn collect(
+        &self,
+        stream: &mut ResultStream,
+        sink: &mut Sink,
+        expected: HashSet<u64>,
+        stop: &CancellationToken,
+    ) -> Result<u64> {
+        let done: HashSet<u64> = sink.records().iter().map(|r| r.index).collect();
+        let mut remaining: HashSet<u64> = expected.difference(&done).copied().collect();
+        let mut written = 0;
+        while !remaining.is_empty() {
+            let received = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                next = stream.next() => match next {
+                    Some(received) => received?,
+                    None => return Err(ProducerError::ConsumerEnded {
+                        queue: self.manifest.results_queue.clone(),
+                    }),
+                },
+            };
+            let result = &received.result;
+            let entry = result
+                .batch
+                .filter(|b| b.batch_id == self.manifest.batch_id)
+                .and_then(|b| self.manifest.task(b.index))
+                .filter(|entry| entry.task_id == result.task_id);
+            let Some(entry) = entry else {
+                warn!(task_id = %result.task_id, "dropping a result that is not from this batch");
+                stream.ack(received).await?;
+                continue;
+            };
+            let index = entry.index;
+            let record = sink.write(result, index, &entry.name)?.clone();
+            stream.ack(received).await?;
+            written += 1;
+            remaining.remove(&index);
+            self.observer.completed(&record);
+        }
+        Ok(written)
+    }
+
+    pub fn report(
+        &self,
+        published: u64,
+        sink: &Sink,
+        collected_now: u64,
+        duplicates: u64,
+        interrupted: bool,
+        waited: bool,
+    ) -> BatchReport {
+        BatchReport {
+            batch_id: self.manifest.batch_id,
+            out: self.out.clone(),
+            results_queue: self.manifest.results_queue.clone(),
+            inputs: self.manifest.tasks.len() as u64,
+            published,
+            results: sink.records().len() as u64,
+            collected_now,
+            duplicates,
+            summary: Summary::of(sink.records()),
+            elapsed: self.started.elapsed(),
+            interrupted,
+            waited,
+        }
+    }
+
+    /// Every published result is on disk: the results queue has served its purpose.
+    pub async fn tidy_up(&self) {
+        match self
+            .producer
+            .delete_queue_if_empty(&self.manifest.results_queue)
+            .await
+        {
+            Ok(()) => info!(queue = %self.manifest.results_queue, "results queue deleted"),
+            Err(e) => {
+                info!(queue = %self.manifest.results_queue, error = %e, "results queue left to expire")
+            }
+        }
+    }
+}

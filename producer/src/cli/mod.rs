@@ -1,0 +1,70 @@
+//! The `warren` command line: argument definitions (clap derive), and one function per command
+//! that calls the library and prints what happened. `main.rs` only parses, sets up logging and
+//! signals, and calls [`run`].
+//!
+//! Exit codes: 0 success; 1 a task did not succeed, a batch is incomplete, or an error;
+//! 2 bad arguments; 130 interrupted. `submit --wait` exits with the task's own code
+//! ([`warren_schemas::Outcome::exit_code`]).
+
+pub mod args;
+mod batch;
+mod progress;
+mod queues;
+mod submit;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+pub use batch::{BatchArgs, CollectArgs};
+pub use queues::{DeadArgs, DeadCommand, DeadListArgs, DeadRequeueArgs, StatusArgs};
+pub use submit::SubmitArgs;
+
+/// Default broker URL (a local RabbitMQ with the default user).
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Exit code after Ctrl-C (128 + SIGINT), as shells report it.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Enqueue sandboxed WebAssembly tasks for warren workers and collect their results.
+///
+/// Tasks go to the task queue that `warren-worker run` consumes; each runs one module on one
+/// input in a fresh sandbox. `submit` sends one task; `batch` sends one per input file or JSONL
+/// line and writes the results to a directory, resumable with `collect`.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, about, long_about)]
+pub struct Cli {
+    /// Broker URL (the password is never printed).
+    #[arg(long, global = true, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
+    pub amqp_url: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enqueue one task; print its id, or with --wait its output.
+    Submit(SubmitArgs),
+    /// Run a module over every file of a directory or line of a JSONL file; write the results.
+    Batch(BatchArgs),
+    /// Finish collecting the results of an interrupted batch.
+    Collect(CollectArgs),
+    /// Show the depth of the task, dead-letter and results queues and how many workers consume.
+    Status(StatusArgs),
+    /// Inspect dead-lettered messages, or put them back on the task queue.
+    Dead(DeadArgs),
+}
+
+/// Runs the command; `shutdown` is cancelled on Ctrl-C. Returns the process exit code.
+pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<i32> {
+    let url = cli.amqp_url;
+    match cli.command {
+        Command::Submit(args) => submit::run(&url, args, shutdown).await,
+        Command::Batch(args) => batch::run_batch(&url, args, shutdown).await,
+        Command::Collect(args) => batch::run_collect(&url, args, shutdown).await,
+        Command::Status(args) => queues::status(&url, args).await,
+        Command::Dead(args) => queues::dead(&url, args).await,
+    }
+}

@@ -1,0 +1,92 @@
+//! The errors the producer library returns, as enums callers can branch on.
+//!
+//! Broker failures carry what was being done (`context`) so a message names the queue or the
+//! step; input and output-directory problems carry the path. Guest outcomes are never errors:
+//! a task that trapped is a [`warren_schemas::TaskResult`] like any other.
+
+use std::path::PathBuf;
+
+use warren_schemas::TaskId;
+
+/// Everything that can go wrong talking to the broker or the output directory.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    /// The broker refused or dropped an operation.
+    #[error("{context}: {source}")]
+    Broker {
+        /// What was being done, e.g. "declaring queue warren.tasks".
+        context: String,
+        /// lapin's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// A queue that must already exist does not (a passive declare answered NOT_FOUND).
+    #[error("queue {queue:?} does not exist{hint}")]
+    QueueNotFound {
+        /// The queue's name.
+        queue: String,
+        /// What that probably means, starting with "; " (may be empty).
+        hint: String,
+    },
+    /// The broker answered a publish with a nack: the message may not have been stored.
+    #[error("the broker refused (nacked) task {task_id}; nothing was lost, retry it")]
+    Nacked {
+        /// The task the broker refused.
+        task_id: TaskId,
+    },
+    /// The broker ended a consumer (its queue was deleted, or the connection closed).
+    #[error(
+        "the broker stopped delivering from queue {queue:?} (deleted, or the connection closed)"
+    )]
+    ConsumerEnded {
+        /// The queue consumed.
+        queue: String,
+    },
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The output directory holds something that does not fit this operation.
+    #[error("{0}")]
+    OutDir(String),
+    /// A background task of the producer itself failed (a bug, or the runtime shutting down).
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The batch's inputs are unusable (detected before anything is published).
+    #[error(transparent)]
+    Input(#[from] crate::batch::inputs::InputError),
+}
+
+impl ProducerError {
+    /// Wraps a lapin error with what was being done.
+    pub(crate) fn broker(context: impl Into<String>, source: lapin::Error) -> Self {
+        ProducerError::Broker {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Wraps an I/O error with the path involved.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ProducerError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Shorthand for this crate's results.
+pub type Result<T, E = ProducerError> = std::result::Result<T, E>;
+
+/// True when a lapin error is the broker saying "no such queue" (404 NOT_FOUND).
+pub(crate) fn is_not_found(error: &lapin::Error) -> bool {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => amqp.get_id() == 404,
+        _ => false,
+    }
+}

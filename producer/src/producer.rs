@@ -1,0 +1,286 @@
+//! [`Producer`]: one broker connection, the shared topology declared on it, and one confirmed
+//! channel for publishing single tasks.
+//!
+//! Everything that needs a channel of its own (a batch's pipelined publisher, a results
+//! consumer, a passive declare that may fail) asks the producer for a fresh one, so a failing
+//! operation never poisons the channel others publish on.
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tracing::debug;
+use warren_schemas::task::unix_now_ns;
+use warren_schemas::{
+    decode, encode, Task, TaskId, TaskResult, Topology, CONTENT_TYPE, DEFAULT_MAX_MESSAGE_BYTES,
+};
+
+use crate::error::{is_not_found, ProducerError, Result};
+
+/// A connection to the broker on warren's queues.
+pub struct Producer {
+    /// Kept so channels can be opened on demand and the connection closed cleanly.
+    connection: Connection,
+    /// A channel in confirm mode for [`Producer::submit`].
+    channel: Channel,
+    /// Queue names shared with the workers.
+    topology: Topology,
+}
+
+impl Producer {
+    /// Connects to `url` and declares the topology exactly as the workers do (idempotent).
+    pub async fn connect(url: &str, topology: Topology) -> Result<Self> {
+        // Named, so the broker's connection list says who is who.
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("warren producer (pid {})", std::process::id()).into());
+        let connection = Connection::connect(url, properties).await.map_err(|e| {
+            ProducerError::broker(
+                format!("cannot connect to the broker at {}", redact(url)),
+                e,
+            )
+        })?;
+        let channel = confirm_channel(&connection).await?;
+        topology.declare(&channel).await.map_err(|e| {
+            ProducerError::broker(
+                format!(
+                    "declaring queues {}, {}, {}",
+                    topology.tasks, topology.dead, topology.results
+                ),
+                e,
+            )
+        })?;
+        Ok(Producer {
+            connection,
+            channel,
+            topology,
+        })
+    }
+
+    /// The queue names in use.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// A new channel in confirm mode (for a publisher of its own).
+    pub async fn confirm_channel(&self) -> Result<Channel> {
+        confirm_channel(&self.connection).await
+    }
+
+    /// A new plain channel (for consumers and operations that may fail on their own).
+    pub async fn channel(&self) -> Result<Channel> {
+        self.connection
+            .create_channel()
+            .await
+            .map_err(|e| ProducerError::broker("opening a channel", e))
+    }
+
+    /// Enqueues `task` and waits for the broker's confirm. The result goes to `reply_to` when
+    /// given, else to the shared results queue.
+    pub async fn submit(&self, task: &Task, reply_to: Option<&str>) -> Result<TaskId> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.topology.tasks.as_str().into(),
+                BasicPublishOptions::default(),
+                &encode(task),
+                task_properties(task, reply_to),
+            )
+            .await
+            .map_err(|e| ProducerError::broker(format!("publishing task {}", task.id), e))?;
+        let confirmation = confirm
+            .await
+            .map_err(|e| ProducerError::broker(format!("confirming task {}", task.id), e))?;
+        if !confirmation.is_ack() {
+            return Err(ProducerError::Nacked { task_id: task.id });
+        }
+        debug!(task_id = %task.id, module = %task.module, "task submitted");
+        Ok(task.id)
+    }
+
+    /// Enqueues `task` with a private reply queue (exclusive to this connection, deleted when
+    /// done) and waits for its result. Wrap it in a timeout if the wait must be bounded; the
+    /// result of a task whose producer went away is lost with the reply queue.
+    pub async fn submit_and_wait(&self, task: &Task) -> Result<TaskResult> {
+        let channel = self.channel().await?;
+        let private = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel
+            .queue_declare("".into(), private, FieldTable::default())
+            .await
+            .map_err(|e| ProducerError::broker("declaring a private reply queue", e))?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| ProducerError::broker("consuming the reply queue", e))?;
+        self.submit(task, Some(queue.name().as_str())).await?;
+        while let Some(delivery) = consumer.next().await {
+            let delivery =
+                delivery.map_err(|e| ProducerError::broker("receiving the result", e))?;
+            match decode::<TaskResult>(&delivery.data, DEFAULT_MAX_MESSAGE_BYTES) {
+                Ok(result) if result.task_id == task.id => {
+                    let _ = channel.close(200, "answered".into()).await;
+                    return Ok(result);
+                }
+                Ok(other) => debug!(task_id = %other.task_id, "ignoring a result for another task"),
+                Err(error) => debug!(%error, "ignoring an undecodable reply"),
+            }
+        }
+        Err(ProducerError::Internal(format!(
+            "the reply queue of task {} was closed before its result arrived",
+            task.id
+        )))
+    }
+
+    /// Declares a durable queue for results that the broker deletes `expires` after its last
+    /// use (no consumer, no declare) — a batch's results queue.
+    pub async fn declare_results_queue(
+        &self,
+        name: &str,
+        expires: std::time::Duration,
+    ) -> Result<()> {
+        let mut args = FieldTable::default();
+        let millis = u32::try_from(expires.as_millis().max(1)).unwrap_or(u32::MAX);
+        args.insert(ShortString::from("x-expires"), AMQPValue::LongUInt(millis));
+        let channel = self.channel().await?;
+        channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await
+            .map_err(|e| ProducerError::broker(format!("declaring results queue {name}"), e))?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    /// Ready messages and consumers of `queue`, without creating it (passive declare).
+    pub async fn inspect_queue(&self, queue: &str) -> Result<QueueDepth> {
+        // A failed passive declare closes its channel, so it gets one of its own.
+        let channel = self.channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(q) => {
+                let _ = channel.close(200, "inspected".into()).await;
+                Ok(QueueDepth {
+                    messages: q.message_count(),
+                    consumers: q.consumer_count(),
+                })
+            }
+            Err(e) if is_not_found(&e) => Err(ProducerError::QueueNotFound {
+                queue: queue.to_owned(),
+                hint: String::new(),
+            }),
+            Err(e) => Err(ProducerError::broker(
+                format!("inspecting queue {queue}"),
+                e,
+            )),
+        }
+    }
+
+    /// Deletes `queue` if it is empty (used once a batch's results are all collected).
+    pub async fn delete_queue_if_empty(&self, queue: &str) -> Result<()> {
+        let channel = self.channel().await?;
+        let options = lapin::options::QueueDeleteOptions {
+            if_empty: true,
+            ..Default::default()
+        };
+        let outcome = channel.queue_delete(queue.into(), options).await;
+        let _ = channel.close(200, "deleted".into()).await;
+        outcome
+            .map(|_| ())
+            .map_err(|e| ProducerError::broker(format!("deleting queue {queue}"), e))
+    }
+
+    /// Closes the connection cleanly (unacked deliveries go back to their queues).
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "bye".into()).await;
+        let _ = self.connection.close(200, "bye".into()).await;
+    }
+}
+
+/// Depth of one queue, as a passive declare reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct QueueDepth {
+    /// Messages ready for delivery (not counting delivered-but-unacknowledged ones).
+    pub messages: u32,
+    /// Consumers attached.
+    pub consumers: u32,
+}
+
+/// The AMQP properties of a task message: persistent, message id = task id, the codec's content
+/// type, and `reply_to` when the results should go somewhere else than the shared queue.
+pub fn task_properties(task: &Task, reply_to: Option<&str>) -> BasicProperties {
+    let properties = BasicProperties::default()
+        .with_message_id(task.id.to_string().into())
+        .with_content_type(CONTENT_TYPE.into())
+        .with_timestamp(unix_now_ns() / 1_000_000_000)
+        .with_delivery_mode(2);
+    match reply_to {
+        Some(queue) => properties.with_reply_to(queue.into()),
+        None => properties,
+    }
+}
+
+async fn confirm_channel(connection: &Connection) -> Result<Channel> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| ProducerError::broker("opening a channel", e))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| ProducerError::broker("enabling publisher confirms", e))?;
+    Ok(channel)
+}
+
+/// The URL with its password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("amqp://guest:s3cret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact("amqp://host"), "amqp://host");
+    }
+}

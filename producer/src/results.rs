@@ -1,0 +1,145 @@
+//! [`ResultStream`]: results consumed from a queue, each task id yielded **once**, acked only
+//! when the caller says it has persisted the result.
+//!
+//! Workers deliver at least once: a worker that crashes after publishing a result but before
+//! acking its task runs the task again, and a second result with the same task id arrives. The
+//! stream remembers the ids it has yielded (plus any the caller already had, e.g. read back from
+//! disk) and acks duplicates without yielding them. Because a yielded result is acked only by
+//! [`ResultStream::ack`], a crash between receiving and persisting loses nothing: the broker
+//! redelivers the unacked message to the next consumer.
+
+use std::collections::HashSet;
+
+use futures_lite::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use lapin::Acker;
+use lapin::{Channel, Consumer};
+use tracing::{debug, warn};
+use warren_schemas::{decode, TaskId, TaskResult, DEFAULT_MAX_MESSAGE_BYTES};
+
+use crate::error::{ProducerError, Result};
+use crate::producer::Producer;
+
+/// Deliveries the broker may push before acks: enough to keep a disk-writing collector busy.
+pub const RESULTS_PREFETCH: u16 = 256;
+
+/// One result, not yet acknowledged.
+pub struct Received {
+    /// The worker's answer.
+    pub result: TaskResult,
+    /// Acknowledges the delivery once the caller has persisted the result.
+    acker: Acker,
+}
+
+/// A consumer of results from one queue, deduplicating by task id.
+pub struct ResultStream {
+    /// The channel the consumer lives on; closing it returns unacked results to the queue.
+    channel: Channel,
+    /// The broker's push stream.
+    consumer: Consumer,
+    /// Ids already yielded or already persisted by the caller: later copies are acked and
+    /// dropped.
+    seen: HashSet<TaskId>,
+    /// Messages dropped because they did not decode as a result.
+    undecodable: u64,
+    /// Duplicate results acked and dropped.
+    duplicates: u64,
+}
+
+impl ResultStream {
+    /// Starts consuming `queue`. `already_done` holds task ids the caller has persisted before
+    /// (their results are acked and skipped).
+    pub async fn consume(
+        producer: &Producer,
+        queue: &str,
+        already_done: impl IntoIterator<Item = TaskId>,
+    ) -> Result<Self> {
+        let channel = producer.channel().await?;
+        channel
+            .basic_qos(RESULTS_PREFETCH, BasicQosOptions::default())
+            .await
+            .map_err(|e| ProducerError::broker("setting the results prefetch", e))?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| ProducerError::broker(format!("consuming results from {queue}"), e))?;
+        Ok(ResultStream {
+            channel,
+            consumer,
+            seen: already_done.into_iter().collect(),
+            undecodable: 0,
+            duplicates: 0,
+        })
+    }
+
+    /// The next result whose task id has not been seen. `None` when the broker ended the
+    /// consumer (queue deleted, connection closed).
+    pub async fn next(&mut self) -> Option<Result<Received>> {
+        loop {
+            let delivery = match self.consumer.next().await? {
+                Ok(delivery) => delivery,
+                Err(e) => return Some(Err(ProducerError::broker("receiving results", e))),
+            };
+            let result: TaskResult = match decode(&delivery.data, DEFAULT_MAX_MESSAGE_BYTES) {
+                Ok(result) => result,
+                Err(error) => {
+                    self.undecodable += 1;
+                    warn!(reason = error.label(), %error, "dropping a message in the results queue that is not a result");
+                    let _ = delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await;
+                    continue;
+                }
+            };
+            if !self.seen.insert(result.task_id) {
+                self.duplicates += 1;
+                debug!(task_id = %result.task_id, attempt = result.attempt, "duplicate result dropped");
+                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                    return Some(Err(ProducerError::broker("acking a duplicate result", e)));
+                }
+                continue;
+            }
+            return Some(Ok(Received {
+                result,
+                acker: delivery.acker,
+            }));
+        }
+    }
+
+    /// Acknowledges `received`: call it after the result is persisted.
+    pub async fn ack(&mut self, received: Received) -> Result<()> {
+        received
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                ProducerError::broker(
+                    format!("acking the result of task {}", received.result.task_id),
+                    e,
+                )
+            })
+    }
+
+    /// Messages dropped because they were not results.
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable
+    }
+
+    /// Duplicate results dropped.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    /// Stops consuming; unacked results return to the queue.
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "collected".into()).await;
+    }
+}

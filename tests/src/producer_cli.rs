@@ -1,0 +1,167 @@
+//! The `warren` producer binary on a test's queues: run or spawn it with the test's queue
+//! flags, read a batch's output directory, remove a batch's results queue.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use warren_worker::daemon::Topology;
+
+use crate::binary;
+use crate::broker::amqp_url;
+
+/// The `warren` CLI bound to one topology.
+pub struct WarrenCli {
+    topology: Topology,
+}
+
+impl WarrenCli {
+    /// `warren` on `topology`'s queues.
+    pub fn new(topology: &Topology) -> Self {
+        WarrenCli {
+            topology: topology.clone(),
+        }
+    }
+
+    /// A `warren` command: `args`, with the queue flags inserted before a `--` (or at the end).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let flags = [
+            "--tasks-queue",
+            &self.topology.tasks,
+            "--dead-queue",
+            &self.topology.dead,
+            "--results-queue",
+            &self.topology.results,
+        ];
+        let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+        let mut command = Command::new(binary("warren"));
+        command
+            .args(&args[..split])
+            .args(flags)
+            .args(&args[split..])
+            .env("AMQP_URL", amqp_url())
+            .env("WARREN_LOG", "warn")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `warren args...` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("warren runs")
+    }
+
+    /// Starts `warren args...` with stdout and stderr captured.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("warren starts")
+    }
+}
+
+/// Process output as text, for assertions and failure messages.
+pub fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The batch manifest in `out`.
+pub fn manifest(out: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join(".warren-batch.json")).expect("manifest written");
+    serde_json::from_str(&text).expect("manifest is JSON")
+}
+
+/// The records of `out/results.jsonl` (every line must parse).
+pub fn results(out: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(out.join("results.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
+
+/// Complete lines in `out/results.jsonl` so far.
+pub fn result_lines(out: &Path) -> usize {
+    std::fs::read(out.join("results.jsonl"))
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// Asserts that `out` holds exactly one record per input of its manifest, each once, with the
+/// output file `expected(name)` gives. Returns the records by input name.
+pub fn assert_each_result_once(
+    out: &Path,
+    expected: impl Fn(&str) -> Vec<u8>,
+) -> HashMap<String, serde_json::Value> {
+    let manifest = manifest(out);
+    let tasks = manifest["tasks"].as_array().expect("tasks");
+    let records = results(out);
+    let mut by_name = HashMap::new();
+    for record in records {
+        let name = record["name"].as_str().expect("name").to_owned();
+        assert!(
+            by_name.insert(name.clone(), record).is_none(),
+            "{name} appears twice in results.jsonl"
+        );
+    }
+    assert_eq!(by_name.len(), tasks.len(), "one record per input");
+    for task in tasks {
+        let name = task["name"].as_str().expect("name");
+        let record = by_name
+            .get(name)
+            .unwrap_or_else(|| panic!("no record for {name}"));
+        assert_eq!(record["task_id"], task["task_id"], "{name}: task id");
+        assert_eq!(record["index"], task["index"], "{name}: index");
+        let output = std::fs::read(out.join(format!("{name}.out")))
+            .unwrap_or_else(|e| panic!("{name}.out: {e}"));
+        assert_eq!(output, expected(name), "{name}.out");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(out)
+        .expect("out dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    by_name
+}
+
+/// Deletes `queue` (e.g. a batch's results queue), whatever it holds.
+pub async fn delete_queue(queue: &str) {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("broker");
+    let channel = connection.create_channel().await.expect("channel");
+    let _ = channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = connection.close(200, "cleaned".into()).await;
+}
+
+/// Publishes `body` straight to `queue` (confirmed), with `properties`.
+pub async fn publish_to(queue: &str, body: &[u8], properties: BasicProperties) {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("broker");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .expect("publish");
+    assert!(confirm.await.expect("confirm").is_ack());
+    let _ = connection.close(200, "published".into()).await;
+}
