@@ -164,6 +164,19 @@ impl TestBroker {
     /// Collects results from the reply queue until `want` distinct task ids arrived (or
     /// `timeout`). Returns every result received, duplicates included, in arrival order.
     pub async fn collect(&self, want: usize, timeout: Duration) -> Vec<TaskResult> {
+        let mut results = Vec::new();
+        self.collect_more(&mut results, want, timeout).await;
+        results
+    }
+
+    /// Appends results to `results` until it holds `total` distinct task ids (or `timeout`):
+    /// continues an earlier [`collect`](Self::collect) whose results were already acked.
+    pub async fn collect_more(
+        &self,
+        results: &mut Vec<TaskResult>,
+        total: usize,
+        timeout: Duration,
+    ) {
         let (_c, channel) = connect(&self.url).await;
         let mut consumer = channel
             .basic_consume(
@@ -175,9 +188,9 @@ impl TestBroker {
             .await
             .expect("consume replies");
         let deadline = Instant::now() + timeout;
-        let mut results: Vec<TaskResult> = Vec::new();
-        let mut ids = std::collections::HashSet::<TaskId>::new();
-        while ids.len() < want {
+        let mut ids: std::collections::HashSet<TaskId> =
+            results.iter().map(|r| r.task_id).collect();
+        while ids.len() < total {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(Some(Ok(delivery))) = tokio::time::timeout(left, consumer.next()).await else {
                 break;
@@ -201,7 +214,6 @@ impl TestBroker {
             ids.insert(result.task_id);
             results.push(result);
         }
-        results
     }
 
     /// Deletes this test's queues.

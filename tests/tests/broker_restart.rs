@@ -47,7 +47,9 @@ async fn broker_stop_and_start_mid_batch_loses_nothing() {
         rabbitmqctl(&["await_startup"]);
     }
     broker.reconnect().await;
-    results.extend(broker.collect(tasks.len(), Duration::from_secs(300)).await);
+    broker
+        .collect_more(&mut results, tasks.len(), Duration::from_secs(300))
+        .await;
 
     let by_id: HashMap<_, _> = results.iter().map(|r| (r.task_id, r)).collect();
     let lost = tasks.iter().filter(|t| !by_id.contains_key(&t.id)).count();

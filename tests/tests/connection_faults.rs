@@ -43,7 +43,9 @@ async fn force_closed_connections_mid_batch_lose_nothing() {
     // Mid-batch: some results are in, most are not.
     let mut results = broker.collect(30, Duration::from_secs(60)).await;
     close_all_connections(VHOST);
-    results.extend(broker.collect(tasks.len(), Duration::from_secs(120)).await);
+    broker
+        .collect_more(&mut results, tasks.len(), Duration::from_secs(120))
+        .await;
 
     let by_id: HashMap<_, _> = results.iter().map(|r| (r.task_id, r)).collect();
     for t in &tasks {

@@ -29,7 +29,9 @@ async fn kill_9_of_one_worker_mid_batch_loses_nothing() {
     assert!(results.len() >= 2_000, "the batch got going");
     victim.signal("KILL");
     drop(victim);
-    results.extend(broker.collect(tasks.len(), Duration::from_secs(300)).await);
+    broker
+        .collect_more(&mut results, tasks.len(), Duration::from_secs(300))
+        .await;
 
     let by_id: HashMap<_, _> = results.iter().map(|r| (r.task_id, r)).collect();
     let lost: Vec<_> = tasks

@@ -12,7 +12,7 @@
 //! - [`daemon`]: `warren-worker run`, the queue worker (consume, run, publish confirmed, ack).
 //! - [`metrics`], [`http`]: Prometheus metrics and the health endpoints; [`probe`] reads them.
 //! - [`exec`]: `warren-worker exec`, the local, broker-less way to run one task.
-//! - [`bench`]: `warren-worker bench instantiate|executor|queue`: numbers, side by side.
+//! - [`bench`]: `warren-worker bench instantiate|executor|queue|soak`: numbers, side by side.
 #![deny(missing_docs)]
 
 pub mod bench;

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use warren_worker::bench::{
-    run_executor_bench, run_instantiate_bench, run_queue_bench, ExecutorBenchArgs,
-    InstantiateBenchArgs, QueueBenchArgs,
+    run_executor_bench, run_instantiate_bench, run_queue_bench, run_soak, ExecutorBenchArgs,
+    InstantiateBenchArgs, QueueBenchArgs, SoakArgs,
 };
 use warren_worker::daemon::{run, RunArgs};
 use warren_worker::exec::{run_exec, ExecArgs};
@@ -37,6 +37,8 @@ enum BenchCommand {
     Executor(ExecutorBenchArgs),
     /// Tasks/s and end-to-end latency through RabbitMQ, next to a null worker's ceiling.
     Queue(QueueBenchArgs),
+    /// Many trivial tasks through one worker process, sampling its RSS, fds and in-flight gauge.
+    Soak(SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Instantiate(args)) => run_instantiate_bench(&args).map(|_| 0),
         Command::Bench(BenchCommand::Executor(args)) => run_executor_bench(&args).map(|_| 0),
         Command::Bench(BenchCommand::Queue(args)) => run_queue_bench(&args).map(|_| 0),
+        Command::Bench(BenchCommand::Soak(args)) => run_soak(&args),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

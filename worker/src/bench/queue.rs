@@ -115,6 +115,12 @@ pub struct QueueBenchArgs {
     )]
     pub cases: Vec<Case>,
 
+    /// Rounds: every case runs this many times, interleaved (null, trivial, …, null, trivial,
+    /// …), and each case reports the round with its median tasks/s. On a shared machine one
+    /// round can land on a noisy moment; interleaving spreads the noise over every case.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+
     /// Extra arguments for every worker process, e.g. `--worker-arg=--prefetch=8`.
     #[arg(long = "worker-arg", allow_hyphen_values = true)]
     pub worker_args: Vec<String>,
@@ -155,6 +161,12 @@ pub struct QueueBenchRow {
     pub worker_cpu_us_per_task: f64,
     /// Results received more than once (redeliveries); 0 without faults.
     pub duplicates: usize,
+    /// Rounds this case ran; the row is the one with the median tasks/s.
+    pub rounds: usize,
+    /// Lowest tasks/s over the rounds.
+    pub tasks_per_s_min: f64,
+    /// Highest tasks/s over the rounds.
+    pub tasks_per_s_max: f64,
 }
 
 /// Runs the cases and prints the table (or JSON lines); returns the rows.
@@ -169,27 +181,51 @@ pub fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<Vec<QueueBenchRo
         .worker_threads(1)
         .enable_all()
         .build()?;
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
     runtime.block_on(async {
-        let mut rows: Vec<QueueBenchRow> = Vec::new();
-        let mut null_rate = None;
-        for &case in &args.cases {
-            let mut row = run_case(args, case)
-                .await
-                .with_context(|| format!("case {}", case.name()))?;
-            if case == Case::Null {
-                null_rate = Some(row.tasks_per_s);
+        let mut rounds: Vec<Vec<QueueBenchRow>> = vec![Vec::new(); args.cases.len()];
+        for round in 1..=args.rounds {
+            for (slot, &case) in args.cases.iter().enumerate() {
+                if args.rounds > 1 {
+                    eprintln!("[{}] round {round} of {}", case.name(), args.rounds);
+                }
+                let row = run_case(args, case)
+                    .await
+                    .with_context(|| format!("case {}", case.name()))?;
+                rounds[slot].push(row);
             }
+        }
+        let mut rows: Vec<QueueBenchRow> = rounds.into_iter().filter_map(median_round).collect();
+        let null_rate = rows
+            .iter()
+            .find(|row| row.case == Case::Null.name())
+            .map(|row| row.tasks_per_s);
+        for row in &mut rows {
             row.ratio_to_null = null_rate.map(|null| row.tasks_per_s / null);
             if args.json {
                 println!("{}", serde_json::to_string(&row)?);
             }
-            rows.push(row);
         }
         if !args.json {
             print_table(&rows);
         }
         Ok(rows)
     })
+}
+
+/// The round with the median tasks/s, carrying the spread of all rounds.
+fn median_round(mut rounds: Vec<QueueBenchRow>) -> Option<QueueBenchRow> {
+    rounds.sort_by(|a, b| a.tasks_per_s.total_cmp(&b.tasks_per_s));
+    let min = rounds.first()?.tasks_per_s;
+    let max = rounds.last()?.tasks_per_s;
+    let count = rounds.len();
+    let mut median = rounds.swap_remove(count / 2);
+    median.rounds = count;
+    median.tasks_per_s_min = min;
+    median.tasks_per_s_max = max;
+    Some(median)
 }
 
 /// This case's queues, deleted when the case ends (whatever happened).
@@ -316,6 +352,9 @@ async fn measure(
         tasks: n,
         tasks_per_s,
         ratio_to_null: None,
+        rounds: 1,
+        tasks_per_s_min: tasks_per_s,
+        tasks_per_s_max: tasks_per_s,
         latency_rate_per_s: rate,
         e2e_p50_ms: ms(percentile(&e2e, 50.0)),
         e2e_p99_ms: ms(percentile(&e2e, 99.0)),
@@ -576,10 +615,11 @@ impl Drop for WorkerProcesses {
 
 fn print_table(rows: &[QueueBenchRow]) {
     println!(
-        "{:<12} {:>5} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "{:<12} {:>5} {:>10} {:>13} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "case",
         "procs",
         "tasks/s",
+        "range",
         "×null",
         "e2e p50",
         "e2e p99",
@@ -590,10 +630,11 @@ fn print_table(rows: &[QueueBenchRow]) {
     let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}µs"));
     for row in rows {
         println!(
-            "{:<12} {:>5} {:>10.0} {:>7} {:>8.2}ms {:>8.2}ms {:>10} {:>10} {:>8.1}µs",
+            "{:<12} {:>5} {:>10.0} {:>13} {:>7} {:>8.2}ms {:>8.2}ms {:>10} {:>10} {:>8.1}µs",
             row.case,
             row.processes,
             row.tasks_per_s,
+            format!("{:.0}–{:.0}", row.tasks_per_s_min, row.tasks_per_s_max),
             row.ratio_to_null
                 .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
             row.e2e_p50_ms,

@@ -56,6 +56,7 @@ pub struct RunArgs {
     /// they hold no pool slot (instances exist only while a thread runs them), so a large
     /// prefetch cannot exhaust the pool; it only keeps the broker round trip and the publisher
     /// confirm latency off the critical path. Memory bound: prefetch × --max-message.
+    #[arg(long, env = "WARREN_PREFETCH")]
     pub prefetch: Option<u16>,
 
     /// Address of the metrics/health HTTP listener (`/metrics`, `/healthz`, `/readyz`).
