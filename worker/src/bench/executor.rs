@@ -26,9 +26,14 @@ use crate::{ModuleSource, SandboxConfig};
 /// Arguments of `warren-worker bench executor`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExecutorBenchArgs {
-    /// Measuring time of each side.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    /// Measuring time of each side in each round.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub duration: Duration,
+
+    /// Rounds, alternating raw and warren; each side reports its median round. Alternating
+    /// spreads a shared machine's noise over both sides.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
 
     /// The trivial module to run.
     #[arg(long, default_value = "echo")]
@@ -85,9 +90,16 @@ pub fn run_executor_bench(args: &ExecutorBenchArgs) -> anyhow::Result<ExecutorBe
         )
     })?;
 
-    let raw = raw_loop(&sandbox, &module, threads, args.duration)?;
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
     let runner = Arc::new(TaskRunner::start(registry, "bench")?);
-    let warren = warren_loop(&runner, &args.module, threads, args.duration)?;
+    let (mut raws, mut warrens) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        raws.push(raw_loop(&sandbox, &module, threads, args.duration)?);
+        warrens.push(warren_loop(&runner, &args.module, threads, args.duration)?);
+    }
+    let (raw, warren) = (median(&mut raws), median(&mut warrens));
     let row = ExecutorBenchRow {
         module: args.module.clone(),
         threads,
@@ -108,6 +120,11 @@ pub fn run_executor_bench(args: &ExecutorBenchArgs) -> anyhow::Result<ExecutorBe
         );
     }
     Ok(row)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// The bare minimum on `threads` threads: fresh store with an empty WASI context, instantiate
@@ -152,7 +169,9 @@ fn raw_loop(
     Ok(counts.iter().sum::<u64>() as f64 / started.elapsed().as_secs_f64())
 }
 
-/// warren's path: `TaskRunner::run` with `2 × threads` tasks in flight, as the daemon keeps it.
+/// warren's path: `TaskRunner::run` with as many tasks in flight as the daemon's default
+/// prefetch lets it hold (`PREFETCH_PER_THREAD × threads`), so the executor's queue never runs
+/// dry, as under load from the broker.
 fn warren_loop(
     runner: &Arc<TaskRunner>,
     module: &str,
@@ -165,7 +184,7 @@ fn warren_loop(
         let mut in_flight = tokio::task::JoinSet::new();
         let started = Instant::now();
         let mut done = 0u64;
-        let window = threads * 2;
+        let window = threads * crate::daemon::PREFETCH_PER_THREAD;
         loop {
             while in_flight.len() < window && started.elapsed() < duration {
                 let task = Task::new(module.clone(), Vec::new());
