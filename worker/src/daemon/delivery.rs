@@ -3,24 +3,27 @@
 //!
 //! Each delivery runs in its own tokio task, so many results wait for their publisher confirms
 //! at once (confirms are pipelined; no task waits for another's confirm). The delivery is acked
-//! only after the broker confirmed its result; if the connection dies first, the delivery is
-//! unacked and the broker redelivers it (the task is simply redone: at-least-once).
+//! only after the broker confirmed its result (acks are coalesced by [`super::acks`]); if the
+//! connection dies first, the delivery is unacked and the broker redelivers it (the task is
+//! simply redone: at-least-once).
 
 use std::sync::Arc;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, ShortString};
 use lapin::{BasicProperties, Channel};
 use tracing::{debug, warn};
 use warren_schemas::task::unix_now_ns;
 use warren_schemas::{decode, encode, Task, TaskResult, CONTENT_TYPE};
 
+use super::acks::{Acks, Settle};
 use super::Worker;
 use crate::metrics;
 
 /// Handles one delivery from start to ack (or dead-letter).
-pub async fn handle(worker: Arc<Worker>, publisher: Channel, delivery: Delivery) {
+pub async fn handle(worker: Arc<Worker>, publisher: Channel, acks: Acks, delivery: Delivery) {
+    let tag = delivery.delivery_tag;
     metrics::in_flight(1.0);
     // 1. decode
     let task: Task = match decode(&delivery.data, worker.max_message_bytes) {
@@ -28,9 +31,7 @@ pub async fn handle(worker: Arc<Worker>, publisher: Channel, delivery: Delivery)
         Err(error) => {
             warn!(reason = error.label(), %error, bytes = delivery.data.len(), "undecodable delivery dead-lettered");
             metrics::record_rejected(error.label());
-            if let Err(error) = delivery.reject(BasicRejectOptions { requeue: false }).await {
-                warn!(%error, "could not reject the delivery; the broker will redeliver it");
-            }
+            acks.settle(tag, Settle::DeadLetter);
             metrics::in_flight(-1.0);
             return;
         }
@@ -43,22 +44,14 @@ pub async fn handle(worker: Arc<Worker>, publisher: Channel, delivery: Delivery)
     debug!(%task_id, outcome = result.outcome.label(), "task finished");
     // 5. publish, confirmed; 6. ack
     match publish_confirmed(&worker, &publisher, reply_to, &result).await {
-        Ok(true) => {
-            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                warn!(%task_id, %error, "result published but ack failed; the task will be redelivered");
-            }
-        }
+        Ok(true) => acks.settle(tag, Settle::Ack),
         Ok(false) => {
             warn!(%task_id, "broker refused the result (nack); requeueing the task");
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+            acks.settle(tag, Settle::Requeue);
         }
         Err(error) => {
-            warn!(%task_id, %error, "could not publish the result; the broker will redeliver the task")
+            warn!(%task_id, %error, "could not publish the result; requeueing the task");
+            acks.settle(tag, Settle::Requeue);
         }
     }
     metrics::in_flight(-1.0);

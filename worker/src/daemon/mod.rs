@@ -10,6 +10,7 @@
 //! - `session`: one connection's life — declare, QoS, consume, drain.
 //! - `delivery`: the per-task path (decode → run → publish confirmed → ack).
 
+mod acks;
 mod delivery;
 mod session;
 

@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::acks::Acks;
 use super::{delivery, Worker};
 
 /// How a session ended.
@@ -58,13 +59,20 @@ pub async fn serve(worker: &Arc<Worker>, stop: &CancellationToken) -> lapin::Res
     worker.consuming.store(true, Ordering::Relaxed);
     info!(queue = %worker.topology.tasks, prefetch = worker.prefetch, "consuming");
 
+    let (acks, settling) = Acks::start(consume.clone(), worker.prefetch);
     let mut in_flight = JoinSet::new();
     let end = loop {
         tokio::select! {
             () = stop.cancelled() => break Ok(SessionEnd::Stopped),
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    in_flight.spawn(delivery::handle(worker.clone(), publish.clone(), delivery));
+                    acks.received(delivery.delivery_tag);
+                    in_flight.spawn(delivery::handle(
+                        worker.clone(),
+                        publish.clone(),
+                        acks.clone(),
+                        delivery,
+                    ));
                 }
                 Some(Err(error)) => break Err(error),
                 None => break Ok(SessionEnd::ConsumerEnded),
@@ -95,7 +103,11 @@ pub async fn serve(worker: &Arc<Worker>, stop: &CancellationToken) -> lapin::Res
                     "drain deadline reached; unfinished tasks will be redelivered"
                 );
                 in_flight.abort_all();
+                while in_flight.join_next().await.is_some() {}
             }
+            // Every delivery task is gone with its `Acks`: let the last acks out.
+            drop(acks);
+            let _ = settling.await;
             let _ = consume.close(200, "worker stopping".into()).await;
             let _ = publish.close(200, "worker stopping".into()).await;
             let _ = connection.close(200, "worker stopping".into()).await;
