@@ -5,6 +5,7 @@ pub mod instantiate;
 pub mod queue;
 pub mod soak;
 mod stats;
+mod worker_process;
 
 pub use executor::{run_executor_bench, ExecutorBenchArgs};
 pub use instantiate::{run_instantiate_bench, InstantiateBenchArgs};

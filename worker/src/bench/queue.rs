@@ -11,8 +11,6 @@
 //! their result arriving here. Instantiate percentiles come from every result's own timings.
 
 use std::collections::{HashSet, VecDeque};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +32,7 @@ use warren_schemas::{
 };
 
 use super::percentile;
-use crate::probe::{free_local_addr, http_get};
+use super::worker_process::{BenchWorker, WorkerLaunch, CLOCK_TICKS_PER_S};
 use crate::ModuleSource;
 
 /// What runs the tasks in one case.
@@ -514,102 +512,48 @@ impl Results {
     }
 }
 
-/// `/proc/<pid>/stat` counts CPU time in USER_HZ ticks, 100 per second on Linux.
-const CLOCK_TICKS_PER_S: f64 = 100.0;
-
 /// The worker processes of one case.
 struct WorkerProcesses {
-    children: Vec<(Child, SocketAddr)>,
+    workers: Vec<BenchWorker>,
 }
 
 impl WorkerProcesses {
     fn start(args: &QueueBenchArgs, case: Case, topology: &Topology) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find my own executable")?;
-        let mut children = Vec::new();
-        for _ in 0..case.processes() {
-            let metrics_addr = free_local_addr()?;
-            let mut command = Command::new(&exe);
-            command
-                .arg("run")
-                .args(["--tasks-queue", &topology.tasks])
-                .args(["--dead-queue", &topology.dead])
-                .args(["--results-queue", &topology.results])
-                .args(["--metrics-addr", &metrics_addr.to_string()])
-                .arg("--modules")
-                .arg(&args.source.modules_dir)
-                .arg("--cache")
-                .arg(args.source.cache_dir())
-                .args(&args.worker_args)
-                .env("AMQP_URL", &args.amqp_url)
-                .stdin(Stdio::null());
-            if case == Case::Null {
-                command.arg("--null-executor");
-            }
-            let child = command.spawn().context("cannot start a worker process")?;
-            children.push((child, metrics_addr));
-        }
-        Ok(WorkerProcesses { children })
+        let launch = WorkerLaunch {
+            amqp_url: &args.amqp_url,
+            topology,
+            source: &args.source,
+            worker_args: &args.worker_args,
+        };
+        let extra: &[&str] = if case == Case::Null {
+            &["--null-executor"]
+        } else {
+            &[]
+        };
+        let workers = (0..case.processes())
+            .map(|_| BenchWorker::start(&launch, extra))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(WorkerProcesses { workers })
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
-        for (child, addr) in &mut self.children {
-            loop {
-                if let Some(status) = child.try_wait()? {
-                    bail!("a worker exited before it was ready: {status}");
-                }
-                let addr = *addr;
-                let ready = tokio::task::spawn_blocking(move || http_get(addr, "/readyz"))
-                    .await?
-                    .is_some_and(|(code, _)| code == 200);
-                if ready {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!("a worker was not ready within {timeout:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        for worker in &mut self.workers {
+            worker.wait_ready(deadline).await?;
         }
         Ok(())
     }
 
     /// User + system CPU ticks of all the processes so far.
     fn cpu_ticks(&self) -> u64 {
-        self.children
-            .iter()
-            .filter_map(|(child, _)| {
-                let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
-                // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-                let rest = stat.rsplit_once(')')?.1;
-                let fields: Vec<&str> = rest.split_whitespace().collect();
-                let utime: u64 = fields.get(11)?.parse().ok()?;
-                let stime: u64 = fields.get(12)?.parse().ok()?;
-                Some(utime + stime)
-            })
-            .sum()
+        self.workers.iter().filter_map(BenchWorker::cpu_ticks).sum()
     }
 
     /// SIGTERM, then wait: the workers drain (nothing is in flight by now) and exit.
     fn stop(&mut self) {
-        for (child, _) in &mut self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        for (child, _) in &mut self.children {
-            let _ = child.wait();
-        }
-        self.children.clear();
-    }
-}
-
-impl Drop for WorkerProcesses {
-    fn drop(&mut self) {
-        for (child, _) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.workers.iter().for_each(BenchWorker::terminate);
+        self.workers.iter_mut().for_each(BenchWorker::wait);
+        self.workers.clear();
     }
 }
 

@@ -15,7 +15,6 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -31,8 +30,9 @@ use warren_schemas::{
     decode, encode, BatchRef, ModuleRef, Task, TaskResult, Topology, DEFAULT_MAX_MESSAGE_BYTES,
 };
 
+use super::worker_process::{BenchWorker, WorkerLaunch};
 use crate::config::parse_duration;
-use crate::probe::{free_local_addr, http_get};
+use crate::probe::http_get;
 use crate::ModuleSource;
 
 /// Arguments of `warren-worker bench soak`.
@@ -142,10 +142,18 @@ async fn soak(
     topology: &Topology,
     replies: &str,
 ) -> anyhow::Result<i32> {
-    let mut worker = SoakWorker::start(args, topology)?;
-    worker.wait_ready(Duration::from_secs(120)).await?;
-    let pid = worker.child.id();
-    let metrics_addr = worker.metrics_addr;
+    let launch = WorkerLaunch {
+        amqp_url: &args.amqp_url,
+        topology,
+        source: &args.source,
+        worker_args: &args.worker_args,
+    };
+    let mut worker = BenchWorker::start(&launch, &[])?;
+    worker
+        .wait_ready(Instant::now() + Duration::from_secs(120))
+        .await?;
+    let pid = worker.pid();
+    let metrics_addr = worker.metrics_addr();
     let mut csv = std::io::BufWriter::new(
         std::fs::File::create(&args.csv)
             .with_context(|| format!("cannot create {}", args.csv.display()))?,
@@ -180,7 +188,7 @@ async fn soak(
                 let s = sample(pid, metrics_addr, started, done).await?;
                 write_sample(&mut csv, &s)?;
                 samples.push(s);
-                if let Some(status) = worker.child.try_wait()? {
+                if let Some(status) = worker.exited()? {
                     bail!("the worker exited during the soak: {status}");
                 }
             }
@@ -203,7 +211,9 @@ async fn soak(
     write_sample(&mut csv, &last)?;
     samples.push(last);
     csv.flush()?;
-    worker.stop();
+    // SIGTERM, then wait: nothing is in flight by now, so it drains at once and exits.
+    worker.terminate();
+    worker.wait();
 
     Ok(report(args, &samples, &answered, duration))
 }
@@ -457,73 +467,4 @@ async fn consume_results(
         }
         Ok(answered)
     })
-}
-
-/// The one worker process under test.
-struct SoakWorker {
-    child: Child,
-    metrics_addr: SocketAddr,
-}
-
-impl SoakWorker {
-    fn start(args: &SoakArgs, topology: &Topology) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find my own executable")?;
-        let metrics_addr = free_local_addr()?;
-        let child = Command::new(exe)
-            .arg("run")
-            .args(["--tasks-queue", &topology.tasks])
-            .args(["--dead-queue", &topology.dead])
-            .args(["--results-queue", &topology.results])
-            .args(["--metrics-addr", &metrics_addr.to_string()])
-            .arg("--modules")
-            .arg(&args.source.modules_dir)
-            .arg("--cache")
-            .arg(args.source.cache_dir())
-            .args(&args.worker_args)
-            .env("AMQP_URL", &args.amqp_url)
-            .stdin(Stdio::null())
-            .spawn()
-            .context("cannot start the worker process")?;
-        Ok(SoakWorker {
-            child,
-            metrics_addr,
-        })
-    }
-
-    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("the worker exited before it was ready: {status}");
-            }
-            let addr = self.metrics_addr;
-            let ready = tokio::task::spawn_blocking(move || http_get(addr, "/readyz"))
-                .await?
-                .is_some_and(|(code, _)| code == 200);
-            if ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the worker was not ready within {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGTERM, then wait: nothing is in flight by now, so it drains at once and exits.
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for SoakWorker {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
