@@ -71,6 +71,25 @@ impl ProducerError {
         }
     }
 
+    /// True when the broker connection (or the channel under it) went away: the broker
+    /// restarted, closed the connection (`connection-forced`), the network dropped, or a
+    /// consumer stopped because of that. Such a failure is worth a reconnect; a refusal that
+    /// would repeat (access refused, a missing queue, a nack) is not.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            ProducerError::Broker { source, .. } => match source.kind() {
+                lapin::ErrorKind::IOError(_)
+                | lapin::ErrorKind::InvalidChannelState(..)
+                | lapin::ErrorKind::InvalidConnectionState(_)
+                | lapin::ErrorKind::MissingHeartbeatError => true,
+                lapin::ErrorKind::ProtocolError(_) => source.is_amqp_hard_error(),
+                _ => false,
+            },
+            ProducerError::ConsumerEnded { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Wraps an I/O error with the path involved.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ProducerError::Io {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -15,13 +16,20 @@ use crate::broker::amqp_url;
 /// The `warren` CLI bound to one topology.
 pub struct WarrenCli {
     topology: Topology,
+    url: String,
 }
 
 impl WarrenCli {
     /// `warren` on `topology`'s queues.
     pub fn new(topology: &Topology) -> Self {
+        Self::new_on(&amqp_url(), topology)
+    }
+
+    /// `warren` on `topology`'s queues of the broker (and vhost) at `url`.
+    pub fn new_on(url: &str, topology: &Topology) -> Self {
         WarrenCli {
             topology: topology.clone(),
+            url: url.to_owned(),
         }
     }
 
@@ -41,7 +49,7 @@ impl WarrenCli {
             .args(&args[..split])
             .args(flags)
             .args(&args[split..])
-            .env("AMQP_URL", amqp_url())
+            .env("AMQP_URL", &self.url)
             .env("WARREN_LOG", "warn")
             .stdin(Stdio::null());
         command
@@ -91,6 +99,46 @@ pub fn result_lines(out: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// `count` input files `in-NNNN.txt` in `dir`, each with its own text.
+pub fn write_inputs(dir: &Path, count: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..count {
+        std::fs::write(
+            dir.join(format!("in-{i:04}.txt")),
+            format!("input number {i}\n"),
+        )
+        .unwrap();
+    }
+}
+
+/// What `upper` makes of input `name` of `dir`.
+pub fn upper_of(dir: &Path) -> impl Fn(&str) -> Vec<u8> + '_ {
+    move |name| {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap()
+            .to_uppercase()
+            .into_bytes()
+    }
+}
+
+/// The batch's results queue, from the manifest in `out`.
+pub fn results_queue(out: &Path) -> String {
+    manifest(out)["results_queue"].as_str().unwrap().to_owned()
+}
+
+/// Waits (polling the file) until `out/results.jsonl` has at least `lines` lines; panics if
+/// `child` exits first or a minute passes.
+pub fn wait_for_results(out: &Path, lines: usize, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while result_lines(out) < lines {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("warren exited ({status}) before {lines} results were on disk");
+        }
+        assert!(Instant::now() < deadline, "no {lines} results within 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Asserts that `out` holds exactly one record per input of its manifest, each once, with the
 /// output file `expected(name)` gives. Returns the records by input name.
 pub fn assert_each_result_once(
@@ -132,7 +180,12 @@ pub fn assert_each_result_once(
 
 /// Deletes `queue` (e.g. a batch's results queue), whatever it holds.
 pub async fn delete_queue(queue: &str) {
-    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+    delete_queue_at(&amqp_url(), queue).await;
+}
+
+/// Deletes `queue` of the broker (and vhost) at `url`.
+pub async fn delete_queue_at(url: &str, queue: &str) {
+    let connection = Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("broker");
     let channel = connection.create_channel().await.expect("channel");

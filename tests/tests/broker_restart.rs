@@ -1,6 +1,7 @@
 //! A full RabbitMQ stop and start (`rabbitmqctl stop_app` / `start_app`) in the middle of a
 //! batch: the worker retries with capped backoff until the broker is back, redeclares, resumes
-//! consuming, and the batch completes from the durable quorum queue. Nothing is lost.
+//! consuming, and the batch completes from the durable quorum queue. A `warren batch` running
+//! at the same time reconnects too and finishes with every result exactly once. Nothing is lost.
 //!
 //! This stops the whole broker, so it lives alone in its own test binary (cargo runs test
 //! binaries one after another) and always starts the broker again, even when it fails.
@@ -10,6 +11,10 @@ use std::time::Duration;
 
 use warren_schemas::{ModuleRef, Outcome, Task};
 use warren_tests::broker::{rabbitmqctl, TestBroker};
+use warren_tests::producer_cli::{
+    assert_each_result_once, delete_queue, results_queue, text, upper_of, wait_for_results,
+    write_inputs, WarrenCli,
+};
 use warren_tests::worker_process::WorkerProcess;
 
 /// Starts the broker application again when dropped, so a failing test leaves it running.
@@ -37,6 +42,23 @@ async fn broker_stop_and_start_mid_batch_loses_nothing() {
             task
         })
         .collect();
+    // The producer CLI, paced so that it is still publishing and collecting when the broker
+    // goes away.
+    let dir = tempfile::tempdir().unwrap();
+    let (inputs, out) = (dir.path().join("in"), dir.path().join("out"));
+    write_inputs(&inputs, 400);
+    let warren = WarrenCli::new(&broker.topology);
+    let mut cli = warren.spawn(&[
+        "batch",
+        "upper",
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--rate",
+        "100/s",
+    ]);
+    tokio::task::block_in_place(|| wait_for_results(&out, 20, &mut cli));
     broker.publish_many(&tasks).await;
     let mut results = broker.collect(300, Duration::from_secs(120)).await;
 
@@ -50,6 +72,16 @@ async fn broker_stop_and_start_mid_batch_loses_nothing() {
     broker
         .collect_more(&mut results, tasks.len(), Duration::from_secs(300))
         .await;
+
+    let output = tokio::task::block_in_place(|| cli.wait_with_output().unwrap());
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("reconnecting"),
+        "the producer rode out the restart:\n{stderr}"
+    );
+    assert!(stdout.contains("results     400 (success 400)"), "{stdout}");
+    assert_each_result_once(&out, upper_of(&inputs));
 
     let by_id: HashMap<_, _> = results.iter().map(|r| (r.task_id, r)).collect();
     let lost = tasks.iter().filter(|t| !by_id.contains_key(&t.id)).count();
@@ -70,5 +102,6 @@ async fn broker_stop_and_start_mid_batch_loses_nothing() {
         tasks.len(),
         results.len() - by_id.len()
     );
+    delete_queue(&results_queue(&out)).await;
     broker.cleanup().await;
 }

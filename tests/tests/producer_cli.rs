@@ -1,60 +1,23 @@
 //! The `warren` producer CLI against the real broker and a real `warren-worker`: batches with
 //! one correct output per input, interrupted batches resumed with `collect` (every result
-//! exactly once), module-not-found outcomes, `submit --wait`, bad arguments refused before
-//! anything is sent, and dead letters listed and requeued.
+//! exactly once), a batch riding out force-closed broker connections, module-not-found
+//! outcomes, `submit --wait`, bad arguments refused before anything is sent, and dead letters
+//! listed and requeued.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
 use warren_schemas::{encode, ModuleRef, Task};
-use warren_tests::broker::TestBroker;
+use warren_tests::broker::{close_all_connections, private_vhost, TestBroker};
 use warren_tests::producer_cli::{
-    assert_each_result_once, delete_queue, manifest, publish_to, result_lines, results, text,
-    WarrenCli,
+    assert_each_result_once, delete_queue, delete_queue_at, manifest, publish_to,
+    results, results_queue, text, upper_of, wait_for_results, write_inputs, WarrenCli,
 };
 use warren_tests::worker_process::WorkerProcess;
 
-/// `count` input files `in-NNNN.txt` in `dir`, each with its own text.
-fn write_inputs(dir: &Path, count: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..count {
-        std::fs::write(
-            dir.join(format!("in-{i:04}.txt")),
-            format!("input number {i}\n"),
-        )
-        .unwrap();
-    }
-}
-
-/// What `upper` makes of input `name`.
-fn upper_of(dir: &Path) -> impl Fn(&str) -> Vec<u8> + '_ {
-    move |name| {
-        std::fs::read_to_string(dir.join(name))
-            .unwrap()
-            .to_uppercase()
-            .into_bytes()
-    }
-}
-
 fn batch_id(out: &Path) -> String {
     manifest(out)["batch_id"].as_str().unwrap().to_owned()
-}
-
-fn results_queue(out: &Path) -> String {
-    manifest(out)["results_queue"].as_str().unwrap().to_owned()
-}
-
-/// Waits (polling the file) until `out/results.jsonl` has at least `lines` lines.
-fn wait_for_results(out: &Path, lines: usize, child: &mut std::process::Child) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while result_lines(out) < lines {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("warren exited ({status}) before {lines} results were on disk");
-        }
-        assert!(Instant::now() < deadline, "no {lines} results within 60 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,6 +114,52 @@ async fn batch_killed_midway_is_finished_by_collect_with_every_result_once() {
     assert_eq!(again.status.code(), Some(0), "{:?}", text(&again));
     assert_eq!(results(&out).len(), 600);
     delete_queue(&results_queue(&out)).await;
+    drop(worker);
+    broker.cleanup().await;
+}
+
+/// A vhost of its own, so force-closing its connections touches only this test.
+const FAULTS_VHOST: &str = "warren-test-producer-faults";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_rides_out_force_closed_connections_with_every_result_once() {
+    let url = private_vhost(FAULTS_VHOST);
+    let broker = TestBroker::new_on(url.clone()).await;
+    let worker = WorkerProcess::start_on(&url, &broker.topology, 2, &[]);
+    let warren = WarrenCli::new_on(&url, &broker.topology);
+    let dir = tempfile::tempdir().unwrap();
+    let (inputs, out) = (dir.path().join("in"), dir.path().join("out"));
+    write_inputs(&inputs, 600);
+
+    // Paced so that the connections drop while tasks are still being published and collected.
+    let mut child = warren.spawn(&[
+        "batch",
+        "upper",
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--rate",
+        "400/s",
+    ]);
+    tokio::task::block_in_place(|| wait_for_results(&out, 40, &mut child));
+    let before = results(&out).len();
+    close_all_connections(FAULTS_VHOST); // the producer's and the worker's
+    let output = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
+    let (stdout, stderr) = text(&output);
+    assert!(
+        before < 600,
+        "the connections must drop mid-way ({before} results)"
+    );
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("reconnecting"),
+        "the producer said it reconnected:\n{stderr}"
+    );
+    assert!(stdout.contains("results     600 (success 600)"), "{stdout}");
+    assert_each_result_once(&out, upper_of(&inputs));
+
+    delete_queue_at(&url, &results_queue(&out)).await;
     drop(worker);
     broker.cleanup().await;
 }

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::args::{parse_duration, parse_positive, parse_rate, QueueArgs, TaskArgs};
 use super::progress::Bars;
+use super::resume::Resume;
 use super::EXIT_INTERRUPTED;
 use crate::batch::{self, inputs, BatchOptions, BatchReport, BatchSpec, DEFAULT_RESULTS_TTL};
 use crate::producer::Producer;
@@ -119,7 +120,8 @@ pub async fn run_batch(
         wait: !args.no_wait,
         results_ttl: args.results_ttl,
     };
-    let producer = Producer::connect(url, args.queues.topology).await?;
+    let topology = args.queues.topology;
+    let producer = Producer::connect(url, topology.clone()).await?;
     let bars = Bars::new(options.wait);
     bars.println(&format!(
         "warren: batch of {} tasks running {}",
@@ -137,8 +139,20 @@ pub async fn run_batch(
         &shutdown,
     )
     .await;
-    bars.finish();
     producer.close().await;
+    let outcome = Resume {
+        url,
+        topology: &topology,
+        batch_id,
+        out: &out,
+        publish_rest: true,
+        options: &options,
+        observer: &bars,
+        shutdown: &shutdown,
+    }
+    .after(outcome)
+    .await;
+    bars.finish();
     let report = outcome.map_err(|e| with_resume_hint(e, batch_id, &out))?;
     if !options.wait {
         eprintln!(
@@ -180,7 +194,8 @@ pub async fn run_collect(
         manifest.batch_id,
         args.batch_id
     );
-    let producer = Producer::connect(url, args.queues.topology).await?;
+    let topology = args.queues.topology;
+    let producer = Producer::connect(url, topology.clone()).await?;
     let bars = Bars::new(true);
     let outcome = batch::collect(
         &producer,
@@ -192,8 +207,20 @@ pub async fn run_collect(
         &shutdown,
     )
     .await;
-    bars.finish();
     producer.close().await;
+    let outcome = Resume {
+        url,
+        topology: &topology,
+        batch_id: args.batch_id,
+        out: &out,
+        publish_rest: args.publish_rest,
+        options: &options,
+        observer: &bars,
+        shutdown: &shutdown,
+    }
+    .after(outcome)
+    .await;
+    bars.finish();
     let report = outcome.map_err(|e| with_resume_hint(e, args.batch_id, &out))?;
     Ok(conclude(&report))
 }

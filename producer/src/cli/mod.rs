@@ -10,6 +10,7 @@ pub mod args;
 mod batch;
 mod progress;
 mod queues;
+mod resume;
 mod submit;
 
 use clap::{Parser, Subcommand};
