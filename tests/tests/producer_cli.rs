@@ -11,8 +11,8 @@ use lapin::BasicProperties;
 use warren_schemas::{encode, ModuleRef, Task};
 use warren_tests::broker::{close_all_connections, private_vhost, TestBroker};
 use warren_tests::producer_cli::{
-    assert_each_result_once, delete_queue, delete_queue_at, manifest, publish_to,
-    results, results_queue, text, upper_of, wait_for_results, write_inputs, WarrenCli,
+    assert_each_result_once, delete_queue, delete_queue_at, manifest, publish_to, results,
+    results_queue, text, upper_of, wait_for_results, write_inputs, WarrenCli,
 };
 use warren_tests::worker_process::WorkerProcess;
 
