@@ -18,11 +18,8 @@ use warren_schemas::Outcome;
 use crate::registry::LoadedModule;
 use crate::sandbox::{Execution, GuestCall, Sandbox};
 
-struct Job {
-    module: Arc<LoadedModule>,
-    call: GuestCall,
-    reply: oneshot::Sender<Execution>,
-}
+/// Work for an executor thread; it gets the thread's sandbox.
+type Job = Box<dyn FnOnce(&Sandbox) + Send>;
 
 /// A pool of sandbox threads.
 pub struct Executor {
@@ -69,16 +66,22 @@ impl Executor {
         call: GuestCall,
     ) -> oneshot::Receiver<Execution> {
         let (reply, execution) = oneshot::channel();
-        if let Some(jobs) = &self.jobs {
-            // Sending only fails when every thread is gone; the dropped reply then tells the
-            // caller, whose receiver yields an error.
-            let _ = jobs.send(Job {
-                module,
-                call,
-                reply,
-            });
-        }
+        // The caller may have given up waiting (shutdown deadline); nothing else to do then.
+        // If the job is never run, the dropped reply tells the caller, whose receiver errors.
+        self.spawn(move |sandbox| {
+            let _ = reply.send(run_guarded(sandbox, &module, call));
+        });
         execution
+    }
+
+    /// Queues `job` to run on an executor thread, which then goes on with whatever `job` does
+    /// next (the daemon publishes the result from there, saving a hop back to the async side).
+    /// Jobs of a stopped executor are dropped.
+    pub fn spawn(&self, job: impl FnOnce(&Sandbox) + Send + 'static) {
+        if let Some(jobs) = &self.jobs {
+            // Sending only fails when every thread is gone.
+            let _ = jobs.send(Box::new(job));
+        }
     }
 
     /// Runs `call` on `module` and waits for it (for callers outside an async runtime).
@@ -109,27 +112,28 @@ impl Drop for Executor {
 
 fn serve(sandbox: &Sandbox, queue: &Receiver<Job>) {
     for job in queue {
-        let Job {
-            module,
-            call,
-            reply,
-        } = job;
-        // The sandbox maps every guest behaviour to an outcome; a panic here would be a bug in
-        // warren or wasmtime, and it still must not take the thread (and the slot) with it.
-        let execution = catch_unwind(AssertUnwindSafe(|| sandbox.run(&module.pre, call))).unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            error!(module = %module.short_ref(), %message, "sandbox panicked; task reported as trapped");
-            Execution::refused(Outcome::Trap {
-                message: format!("internal error in the worker: {message}"),
-            })
-        });
-        // The caller may have given up waiting (shutdown deadline); nothing else to do then.
-        let _ = reply.send(execution);
+        // A job's own code must not take the thread (and its pool slot) down with it.
+        if catch_unwind(AssertUnwindSafe(|| job(sandbox))).is_err() {
+            error!("an executor job panicked; the thread goes on");
+        }
     }
+}
+
+/// Runs `call` on `module` in `sandbox`, turning a panic into a trapped outcome.
+pub fn run_guarded(sandbox: &Sandbox, module: &LoadedModule, call: GuestCall) -> Execution {
+    // The sandbox maps every guest behaviour to an outcome; a panic here would be a bug in
+    // warren or wasmtime, and it still must not take the thread (and the slot) with it.
+    catch_unwind(AssertUnwindSafe(|| sandbox.run(&module.pre, call))).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        error!(module = %module.short_ref(), %message, "sandbox panicked; task reported as trapped");
+        Execution::refused(Outcome::Trap {
+            message: format!("internal error in the worker: {message}"),
+        })
+    })
 }
 
 /// What a caller gets when the executor stopped before answering.

@@ -7,11 +7,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::oneshot;
 use warren_schemas::task::unix_now_ns;
 use warren_schemas::{BatchRef, Outcome, Task, TaskId, TaskResult, Timings};
 
-use crate::executor::{executor_stopped, Executor};
+use crate::executor::{executor_stopped, run_guarded, Executor};
 use crate::registry::{LoadedModule, ModuleRegistry};
 use crate::sandbox::{Execution, GuestCall};
 
@@ -32,10 +31,10 @@ struct Header {
     received_unix_ns: u64,
 }
 
-/// A task on its way: already answered (module not found, invalid) or running.
-enum Pending {
+/// A task looked up: already answered (module not found, invalid) or ready to run.
+enum Prepared {
     Done(Execution),
-    Running(Arc<LoadedModule>, oneshot::Receiver<Execution>),
+    Run(Arc<LoadedModule>, GuestCall),
 }
 
 impl TaskRunner {
@@ -64,31 +63,53 @@ impl TaskRunner {
 
     /// Runs `task` (delivery attempt `attempt`, from 1) and returns its result.
     pub async fn run(&self, task: Task, attempt: u32) -> TaskResult {
-        let (header, pending) = self.begin(task, attempt);
-        match pending {
-            Pending::Done(execution) => self.finish(header, None, execution),
-            Pending::Running(module, execution) => {
-                let execution = execution.await.unwrap_or_else(|_| executor_stopped());
-                self.finish(header, Some(&module), execution)
+        let (header, prepared) = self.prepare(task, attempt);
+        match prepared {
+            Prepared::Done(execution) => finish(&self.worker_id, header, None, execution),
+            Prepared::Run(module, call) => {
+                let execution = self.executor.submit(module.clone(), call).await;
+                let execution = execution.unwrap_or_else(|_| executor_stopped());
+                finish(&self.worker_id, header, Some(&module), execution)
             }
         }
     }
 
     /// [`TaskRunner::run`] for callers outside an async runtime.
     pub fn run_blocking(&self, task: Task, attempt: u32) -> TaskResult {
-        let (header, pending) = self.begin(task, attempt);
-        match pending {
-            Pending::Done(execution) => self.finish(header, None, execution),
-            Pending::Running(module, execution) => {
-                let execution = execution
-                    .blocking_recv()
-                    .unwrap_or_else(|_| executor_stopped());
-                self.finish(header, Some(&module), execution)
+        let (header, prepared) = self.prepare(task, attempt);
+        match prepared {
+            Prepared::Done(execution) => finish(&self.worker_id, header, None, execution),
+            Prepared::Run(module, call) => {
+                let execution = self.executor.run_blocking(module.clone(), call);
+                finish(&self.worker_id, header, Some(&module), execution)
             }
         }
     }
 
-    fn begin(&self, task: Task, attempt: u32) -> (Header, Pending) {
+    /// Runs `task` and hands its result to `then` on the executor thread that ran it, so what
+    /// the caller does next (the daemon publishes the result) costs no hop back to the async
+    /// side. A task answered without running (module not found, invalid) calls `then` at once,
+    /// on the caller's thread. If the executor has stopped, `then` is never called.
+    pub fn run_then(
+        &self,
+        task: Task,
+        attempt: u32,
+        then: impl FnOnce(TaskResult) + Send + 'static,
+    ) {
+        let (header, prepared) = self.prepare(task, attempt);
+        match prepared {
+            Prepared::Done(execution) => then(finish(&self.worker_id, header, None, execution)),
+            Prepared::Run(module, call) => {
+                let worker_id = self.worker_id.clone();
+                self.executor.spawn(move |sandbox| {
+                    let execution = run_guarded(sandbox, &module, call);
+                    then(finish(&worker_id, header, Some(&module), execution));
+                });
+            }
+        }
+    }
+
+    fn prepare(&self, task: Task, attempt: u32) -> (Header, Prepared) {
         let header = Header {
             id: task.id,
             batch: task.batch,
@@ -97,7 +118,7 @@ impl TaskRunner {
             received: Instant::now(),
             received_unix_ns: unix_now_ns(),
         };
-        let refuse = |outcome| Pending::Done(Execution::refused(outcome));
+        let refuse = |outcome| Prepared::Done(Execution::refused(outcome));
         if let Err(error) = task.module.validate() {
             return (
                 header,
@@ -123,45 +144,45 @@ impl TaskRunner {
             env: task.env,
             limits: task.limits,
         };
-        let execution = self.executor.submit(module.clone(), call);
-        (header, Pending::Running(module, execution))
+        (header, Prepared::Run(module, call))
     }
+}
 
-    fn finish(
-        &self,
-        header: Header,
-        module: Option<&LoadedModule>,
-        execution: Execution,
-    ) -> TaskResult {
-        let Execution {
-            outcome,
-            exit_code,
-            stdout,
-            stderr,
-            stderr_truncated,
-            instantiate,
-            run,
-        } = execution;
-        TaskResult {
-            task_id: header.id,
-            batch: header.batch,
-            module: module.map(LoadedModule::resolved),
-            outcome,
-            stdout,
-            stderr,
-            stderr_truncated,
-            exit_code,
-            timings: Timings {
-                queue_wait_ns: header
-                    .received_unix_ns
-                    .saturating_sub(header.submitted_at_unix_ns),
-                instantiate_ns: nanos(instantiate),
-                run_ns: nanos(run),
-                total_ns: nanos(header.received.elapsed()),
-            },
-            worker_id: self.worker_id.clone(),
-            attempt: header.attempt,
-        }
+/// The task's result from its execution.
+fn finish(
+    worker_id: &str,
+    header: Header,
+    module: Option<&LoadedModule>,
+    execution: Execution,
+) -> TaskResult {
+    let Execution {
+        outcome,
+        exit_code,
+        stdout,
+        stderr,
+        stderr_truncated,
+        instantiate,
+        run,
+    } = execution;
+    TaskResult {
+        task_id: header.id,
+        batch: header.batch,
+        module: module.map(LoadedModule::resolved),
+        outcome,
+        stdout,
+        stderr,
+        stderr_truncated,
+        exit_code,
+        timings: Timings {
+            queue_wait_ns: header
+                .received_unix_ns
+                .saturating_sub(header.submitted_at_unix_ns),
+            instantiate_ns: nanos(instantiate),
+            run_ns: nanos(run),
+            total_ns: nanos(header.received.elapsed()),
+        },
+        worker_id: worker_id.to_owned(),
+        attempt: header.attempt,
     }
 }
 

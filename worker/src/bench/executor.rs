@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use warren_schemas::{ModuleRef, Task};
+use warren_schemas::{encode, ModuleRef, Task};
 use wasmtime::{Linker, Store};
 use wasmtime_wasi::p1::{add_to_linker_sync, WasiP1Ctx};
 use wasmtime_wasi::WasiCtxBuilder;
@@ -43,6 +43,11 @@ pub struct ExecutorBenchArgs {
     #[arg(long)]
     pub threads: Option<usize>,
 
+    /// Dirty linear memory reset in place per freed slot (the worker's `--keep-resident`), to
+    /// measure its effect on the task path.
+    #[arg(long, default_value = "64KiB", value_parser = crate::config::parse_bytes)]
+    pub keep_resident: u64,
+
     /// Where modules come from.
     #[command(flatten)]
     pub source: ModuleSource,
@@ -72,6 +77,7 @@ pub fn run_executor_bench(args: &ExecutorBenchArgs) -> anyhow::Result<ExecutorBe
     let threads = args.threads.unwrap_or_else(num_cpus::get).max(1);
     let config = SandboxConfig {
         max_concurrent_tasks: Some(threads),
+        keep_resident: args.keep_resident,
         ..SandboxConfig::default()
     };
     let sandbox = Arc::new(Sandbox::new(config, Allocation::Pooled)?);
@@ -93,7 +99,7 @@ pub fn run_executor_bench(args: &ExecutorBenchArgs) -> anyhow::Result<ExecutorBe
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
-    let runner = Arc::new(TaskRunner::start(registry, "bench")?);
+    let runner = TaskRunner::start(registry, "bench")?;
     let (mut raws, mut warrens) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds {
         raws.push(raw_loop(&sandbox, &module, threads, args.duration)?);
@@ -169,37 +175,50 @@ fn raw_loop(
     Ok(counts.iter().sum::<u64>() as f64 / started.elapsed().as_secs_f64())
 }
 
-/// warren's path: `TaskRunner::run` with as many tasks in flight as the daemon's default
+/// warren's path as the daemon drives it: [`TaskRunner::run_then`] from one dispatching thread
+/// (the daemon's consumer), the result encoded on the executor thread and handed back over a
+/// channel (the daemon's settler), with as many tasks in flight as the daemon's default
 /// prefetch lets it hold (`PREFETCH_PER_THREAD × threads`), so the executor's queue never runs
 /// dry, as under load from the broker.
 fn warren_loop(
-    runner: &Arc<TaskRunner>,
+    runner: &TaskRunner,
     module: &str,
     threads: usize,
     duration: Duration,
 ) -> anyhow::Result<f64> {
     let module: ModuleRef = module.parse()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    runtime.block_on(async {
-        let mut in_flight = tokio::task::JoinSet::new();
-        let started = Instant::now();
-        let mut done = 0u64;
-        let window = threads * crate::daemon::PREFETCH_PER_THREAD;
-        loop {
-            while in_flight.len() < window && started.elapsed() < duration {
-                let task = Task::new(module.clone(), Vec::new());
-                let runner = runner.clone();
-                in_flight.spawn(async move { runner.run(task, 1).await });
-            }
-            let Some(result) = in_flight.join_next().await else {
-                break;
-            };
-            let result = result?;
-            if !result.outcome.is_success() {
-                bail!("benchmark task did not succeed: {}", result.outcome);
-            }
-            done += 1;
+    let (finished, results) = crossbeam_channel::unbounded::<Result<usize, String>>();
+    let window = threads * crate::daemon::PREFETCH_PER_THREAD;
+    let started = Instant::now();
+    let (mut in_flight, mut done) = (0usize, 0u64);
+    loop {
+        while in_flight < window && started.elapsed() < duration {
+            let finished = finished.clone();
+            runner.run_then(Task::new(module.clone(), Vec::new()), 1, move |result| {
+                // What the daemon does with a result before it reaches the broker: encode it.
+                let encoded = if result.outcome.is_success() {
+                    Ok(encode(&result).len())
+                } else {
+                    Err(result.outcome.to_string())
+                };
+                let _ = finished.send(encoded);
+            });
+            in_flight += 1;
         }
-        Ok(done as f64 / started.elapsed().as_secs_f64())
-    })
+        if in_flight == 0 {
+            break;
+        }
+        let result = results
+            .recv_timeout(STALL_LIMIT)
+            .context("the executor stopped answering")?;
+        in_flight -= 1;
+        if let Err(outcome) = result {
+            bail!("benchmark task did not succeed: {outcome}");
+        }
+        done += 1;
+    }
+    Ok(done as f64 / started.elapsed().as_secs_f64())
 }
+
+/// How long the benchmark waits for any task before calling the executor stuck.
+const STALL_LIMIT: Duration = Duration::from_secs(30);

@@ -2,10 +2,10 @@
 //! `multiple = true`, so the broker (which shares the worker's cores on small machines) handles
 //! one frame per burst instead of one per task.
 //!
-//! Every delivery is registered here in arrival order ([`Acks::received`]) before its task
-//! starts, and settled here when it is done ([`Acks::settle`]). One task per session owns the
-//! bookkeeping and is the only one that writes acks, rejects and nacks to the channel, so they
-//! reach the broker in a safe order:
+//! Every delivery is registered in arrival order ([`Event::Received`]) before its task starts,
+//! and settled when it is done ([`Event::Settled`]). One task per session
+//! ([`super::settler`]) owns this [`Ledger`] and is the only one that writes acks, rejects and
+//! nacks to the channel, so they reach the broker in a safe order:
 //!
 //! - rejects and requeues are sent individually, before any ack that could cover their tag;
 //! - the acks below the lowest still-running delivery go out as one `multiple` ack;
@@ -21,9 +21,6 @@ use std::collections::BTreeSet;
 
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::Channel;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tracing::warn;
 
 /// Held acks above a slow delivery are flushed one by one once they reach
 /// `prefetch / HELD_ACKS_LIMIT_DIVISOR`.
@@ -40,43 +37,19 @@ pub enum Settle {
     Requeue,
 }
 
+/// What happened to a delivery.
 #[derive(Debug)]
-enum Event {
+pub enum Event {
+    /// It arrived (in arrival order).
     Received(u64),
+    /// It ended so.
     Settled(u64, Settle),
-}
-
-/// The sending side, cloned into every delivery's task.
-#[derive(Debug, Clone)]
-pub struct Acks {
-    events: mpsc::UnboundedSender<Event>,
-}
-
-impl Acks {
-    /// Starts the settling task for `channel` (the consuming channel). It ends once every
-    /// [`Acks`] is dropped and everything settled has been sent.
-    pub fn start(channel: Channel, prefetch: u16) -> (Acks, JoinHandle<()>) {
-        let (events, receiver) = mpsc::unbounded_channel();
-        let held_limit = (usize::from(prefetch) / HELD_ACKS_LIMIT_DIVISOR).max(1);
-        let task = tokio::spawn(settle_loop(channel, receiver, held_limit));
-        (Acks { events }, task)
-    }
-
-    /// Registers a delivery; call in arrival order, before its task can settle it.
-    pub fn received(&self, delivery_tag: u64) {
-        let _ = self.events.send(Event::Received(delivery_tag));
-    }
-
-    /// Settles a delivery registered with [`received`](Self::received).
-    pub fn settle(&self, delivery_tag: u64, how: Settle) {
-        let _ = self.events.send(Event::Settled(delivery_tag, how));
-    }
 }
 
 /// What to send next, computed from the events seen so far. Kept apart from the channel so the
 /// ordering rules are unit-tested.
 #[derive(Debug, Default)]
-struct Ledger {
+pub struct Ledger {
     /// Registered and not settled yet.
     running: BTreeSet<u64>,
     /// Settled as [`Settle::Ack`], not sent yet.
@@ -87,7 +60,7 @@ struct Ledger {
 
 /// Frames to send, in this order.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Frames {
+pub struct Frames {
     refusals: Vec<(u64, Settle)>,
     /// One ack with `multiple = true` up to this tag.
     ack_up_to: Option<u64>,
@@ -96,7 +69,8 @@ struct Frames {
 }
 
 impl Ledger {
-    fn apply(&mut self, event: Event) {
+    /// Records `event`.
+    pub fn apply(&mut self, event: Event) {
         match event {
             Event::Received(tag) => {
                 self.running.insert(tag);
@@ -113,7 +87,14 @@ impl Ledger {
         }
     }
 
-    fn take_frames(&mut self, held_limit: usize) -> Frames {
+    /// Deliveries registered and not settled yet.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// What to send now; acks held above a running delivery go out singly once there are
+    /// `held_limit` of them.
+    pub fn take_frames(&mut self, held_limit: usize) -> Frames {
         let refusals = std::mem::take(&mut self.refusals);
         let floor = self.running.first().copied().unwrap_or(u64::MAX);
         let held = self.done.split_off(&floor);
@@ -132,38 +113,8 @@ impl Ledger {
     }
 }
 
-async fn settle_loop(
-    channel: Channel,
-    mut events: mpsc::UnboundedReceiver<Event>,
-    held_limit: usize,
-) {
-    let mut ledger = Ledger::default();
-    let mut warned = false;
-    while let Some(event) = events.recv().await {
-        ledger.apply(event);
-        // Coalesce whatever else is already waiting into the same frames.
-        while let Ok(event) = events.try_recv() {
-            ledger.apply(event);
-        }
-        let frames = ledger.take_frames(held_limit);
-        if let Err(error) = send(&channel, frames).await {
-            if !warned {
-                warn!(%error, "could not settle deliveries; the broker will redeliver them");
-                warned = true;
-            }
-        }
-    }
-    // Every sender is gone. Deliveries still marked running were abandoned (drain deadline);
-    // the finished ones held above them still get their acks.
-    let rest = ledger.take_frames(1);
-    if let Err(error) = send(&channel, rest).await {
-        if !warned {
-            warn!(%error, "could not settle deliveries; the broker will redeliver them");
-        }
-    }
-}
-
-async fn send(channel: &Channel, frames: Frames) -> lapin::Result<()> {
+/// Sends `frames` in their order.
+pub async fn send(channel: &Channel, frames: Frames) -> lapin::Result<()> {
     for (tag, how) in frames.refusals {
         match how {
             Settle::DeadLetter => {

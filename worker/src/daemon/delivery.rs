@@ -1,13 +1,15 @@
 //! The per-task path, in one place:
 //! **decode → look up InstancePre → instantiate → run → publish result (confirmed) → ack**.
 //!
-//! Each delivery runs in its own tokio task, so many results wait for their publisher confirms
-//! at once (confirms are pipelined; no task waits for another's confirm). The delivery is acked
-//! only after the broker confirmed its result (acks are coalesced by [`super::acks`]); if the
-//! connection dies first, the delivery is unacked and the broker redelivers it (the task is
-//! simply redone: at-least-once).
+//! The consumer's task decodes and registers the delivery; an executor thread looks the module
+//! up, instantiates, runs, and publishes the result itself — the publish frames are queued
+//! before the thread moves on — then hands the pending confirm to the session's
+//! [`Settler`](super::settler::Settler), which acks once the broker confirmed (acks coalesced by
+//! [`super::acks`]). No task waits for another's confirm, and a task crosses threads only where
+//! it must: into the executor, and the confirm back. If the connection dies first, the delivery
+//! is unacked and the broker redelivers it (the task is simply redone: at-least-once).
 
-use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
@@ -17,55 +19,47 @@ use tracing::{debug, warn};
 use warren_schemas::task::unix_now_ns;
 use warren_schemas::{decode, encode, Task, TaskResult, CONTENT_TYPE};
 
-use super::acks::{Acks, Settle};
+use super::acks::Settle;
+use super::settler::{Publishing, Settler};
 use super::Worker;
 use crate::metrics;
 
-/// Handles one delivery from start to ack (or dead-letter).
-pub async fn handle(worker: Arc<Worker>, publisher: Channel, acks: Acks, delivery: Delivery) {
+/// Starts one delivery: call from the consumer's task, in arrival order.
+pub fn start(worker: &Worker, publisher: &Channel, settler: &Settler, delivery: Delivery) {
     let tag = delivery.delivery_tag;
-    metrics::in_flight(1.0);
+    settler.received(tag);
     // 1. decode
     let task: Task = match decode(&delivery.data, worker.max_message_bytes) {
         Ok(task) => task,
         Err(error) => {
             warn!(reason = error.label(), %error, bytes = delivery.data.len(), "undecodable delivery dead-lettered");
             metrics::record_rejected(error.label());
-            acks.settle(tag, Settle::DeadLetter);
-            metrics::in_flight(-1.0);
+            settler.settle(tag, Settle::DeadLetter);
             return;
         }
     };
-    let task_id = task.id;
-    let reply_to = delivery.properties.reply_to().clone();
-    // 2.–4. look up, instantiate, run (on the executor's threads)
-    let result = worker.execute(task, attempt(&delivery)).await;
-    metrics::record_result(&result);
-    debug!(%task_id, outcome = result.outcome.label(), "task finished");
-    // 5. publish, confirmed; 6. ack
-    match publish_confirmed(&worker, &publisher, reply_to, &result).await {
-        Ok(true) => acks.settle(tag, Settle::Ack),
-        Ok(false) => {
-            warn!(%task_id, "broker refused the result (nack); requeueing the task");
-            acks.settle(tag, Settle::Requeue);
-        }
-        Err(error) => {
-            warn!(%task_id, %error, "could not publish the result; requeueing the task");
-            acks.settle(tag, Settle::Requeue);
-        }
-    }
-    metrics::in_flight(-1.0);
+    let attempt = attempt(&delivery);
+    let routing_key = delivery
+        .properties
+        .reply_to()
+        .clone()
+        .unwrap_or_else(|| worker.topology.results.as_str().into());
+    drop(delivery);
+    let (publisher, settler) = (publisher.clone(), settler.clone());
+    // 2.–4. look up, instantiate, run: on an executor thread, which goes on from there
+    worker.execute_then(task, attempt, move |result| {
+        metrics::record_result(&result);
+        debug!(task_id = %result.task_id, outcome = result.outcome.label(), "task finished");
+        // 5. publish (queued now), 6. ack once confirmed
+        let publishing = publish(publisher, routing_key, &result);
+        settler.publishing(tag, result.task_id, publishing);
+    });
 }
 
-/// Publishes `result` to `reply_to` (or the results queue) and waits for the broker's confirm.
-/// `Ok(false)` when the broker nacked it.
-async fn publish_confirmed(
-    worker: &Worker,
-    publisher: &Channel,
-    reply_to: Option<ShortString>,
-    result: &TaskResult,
-) -> lapin::Result<bool> {
-    let routing_key = reply_to.unwrap_or_else(|| worker.topology.results.as_str().into());
+/// Publishes `result` to `routing_key` via the default exchange. The frames are queued before
+/// this returns (the future is polled once here); the returned future resolves to whether the
+/// broker confirmed the result.
+fn publish(publisher: Channel, routing_key: ShortString, result: &TaskResult) -> Publishing {
     let id: ShortString = result.task_id.to_string().into();
     let properties = BasicProperties::default()
         .with_message_id(id.clone())
@@ -73,16 +67,28 @@ async fn publish_confirmed(
         .with_content_type(CONTENT_TYPE.into())
         .with_timestamp(unix_now_ns() / 1_000_000_000)
         .with_delivery_mode(2);
-    let confirm = publisher
-        .basic_publish(
-            "".into(),
-            routing_key,
-            BasicPublishOptions::default(),
-            &encode(result),
-            properties,
-        )
-        .await?;
-    Ok(confirm.await?.is_ack())
+    let payload = encode(result);
+    let mut publishing: Publishing = Box::pin(async move {
+        let confirm = publisher
+            .basic_publish(
+                "".into(),
+                routing_key,
+                BasicPublishOptions::default(),
+                &payload,
+                properties,
+            )
+            .await?;
+        Ok(confirm.await?.is_ack())
+    });
+    // The first poll runs up to "frames queued, I/O thread woken"; whoever polls next (the
+    // settler) registers the waker that matters.
+    match publishing
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(done) => Box::pin(std::future::ready(done)),
+        Poll::Pending => publishing,
+    }
 }
 
 /// Delivery attempt from 1: quorum queues count earlier deliveries in `x-delivery-count`.

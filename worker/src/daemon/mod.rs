@@ -9,10 +9,13 @@
 //! - queue names and declarations: [`warren_schemas::topology`], shared with the producer.
 //! - `session`: one connection's life — declare, QoS, consume, drain.
 //! - `delivery`: the per-task path (decode → run → publish confirmed → ack).
+//! - `settler`: waits for a session's publisher confirms and settles deliveries.
+//! - `acks`: the rules for coalescing acks safely.
 
 mod acks;
 mod delivery;
 mod session;
+mod settler;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -210,15 +213,21 @@ enum Execute {
 }
 
 impl Worker {
-    /// Runs `task` (delivery attempt `attempt`) and returns its result.
-    async fn execute(&self, task: Task, attempt: u32) -> TaskResult {
+    /// Runs `task` (delivery attempt `attempt`) and hands its result to `then`, on the
+    /// executor thread that ran it (the null executor: right here).
+    fn execute_then(
+        &self,
+        task: Task,
+        attempt: u32,
+        then: impl FnOnce(TaskResult) + Send + 'static,
+    ) {
         if self.crash_on_module.as_deref() == Some(task.module.name.as_str()) {
             tracing::error!(task_id = %task.id, "--test-crash-on-module: aborting the process");
             std::process::abort();
         }
         match &self.execute {
-            Execute::Sandbox(runner) => runner.run(task, attempt).await,
-            Execute::Null(worker_id) => null_result(task, attempt, worker_id),
+            Execute::Sandbox(runner) => runner.run_then(task, attempt, then),
+            Execute::Null(worker_id) => then(null_result(task, attempt, worker_id)),
         }
     }
 }

@@ -15,11 +15,10 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::acks::Acks;
+use super::settler::Settler;
 use super::{delivery, Worker};
 
 /// How a session ended.
@@ -59,27 +58,18 @@ pub async fn serve(worker: &Arc<Worker>, stop: &CancellationToken) -> lapin::Res
     worker.consuming.store(true, Ordering::Relaxed);
     info!(queue = %worker.topology.tasks, prefetch = worker.prefetch, "consuming");
 
-    let (acks, settling) = Acks::start(consume.clone(), worker.prefetch);
-    let mut in_flight = JoinSet::new();
+    let (settler, mut settling) = Settler::start(consume.clone(), worker.prefetch);
     let end = loop {
         tokio::select! {
             () = stop.cancelled() => break Ok(SessionEnd::Stopped),
             next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    acks.received(delivery.delivery_tag);
-                    in_flight.spawn(delivery::handle(
-                        worker.clone(),
-                        publish.clone(),
-                        acks.clone(),
-                        delivery,
-                    ));
-                }
+                Some(Ok(delivery)) => delivery::start(worker, &publish, &settler, delivery),
                 Some(Err(error)) => break Err(error),
                 None => break Ok(SessionEnd::ConsumerEnded),
             },
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
     };
+    drop(settler);
     worker.consuming.store(false, Ordering::Relaxed);
 
     match end {
@@ -91,23 +81,16 @@ pub async fn serve(worker: &Arc<Worker>, stop: &CancellationToken) -> lapin::Res
             {
                 warn!(%error, "could not cancel the consumer");
             }
-            let waiting = in_flight.len();
-            info!(in_flight = waiting, deadline = ?worker.drain_timeout, "draining");
-            let drained = tokio::time::timeout(worker.drain_timeout, async {
-                while in_flight.join_next().await.is_some() {}
-            })
-            .await;
-            if drained.is_err() {
+            info!(deadline = ?worker.drain_timeout, "draining");
+            let abandoned = settling.drained(worker.drain_timeout).await;
+            if abandoned > 0 {
                 warn!(
-                    abandoned = in_flight.len(),
+                    abandoned,
                     "drain deadline reached; unfinished tasks will be redelivered"
                 );
-                in_flight.abort_all();
-                while in_flight.join_next().await.is_some() {}
             }
-            // Every delivery task is gone with its `Acks`: let the last acks out.
-            drop(acks);
-            let _ = settling.await;
+            // Let the last acks out.
+            settling.finish().await;
             let _ = consume.close(200, "worker stopping".into()).await;
             let _ = publish.close(200, "worker stopping".into()).await;
             let _ = connection.close(200, "worker stopping".into()).await;
@@ -116,7 +99,7 @@ pub async fn serve(worker: &Arc<Worker>, stop: &CancellationToken) -> lapin::Res
         other => {
             // The connection is gone or going: in-flight tasks finish in the background, fail to
             // publish or ack, and the broker redelivers their messages to whoever consumes next.
-            in_flight.detach_all();
+            settling.abandon();
             let _ = connection.close(200, "reconnecting".into()).await;
             other
         }
