@@ -2,12 +2,13 @@
 //! flags, read a batch's output directory, remove a batch's results queue.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tempfile::TempDir;
 use warren_worker::daemon::Topology;
 
 use crate::binary;
@@ -67,6 +68,46 @@ impl WarrenCli {
             .stderr(Stdio::piped())
             .spawn()
             .expect("warren starts")
+    }
+}
+
+/// A `warren batch upper` under way (see [`WarrenCli::start_paced_upper_batch`]).
+pub struct PacedBatch {
+    /// Holds `inputs` and `out`; removed on drop.
+    pub dir: TempDir,
+    /// The input files.
+    pub inputs: PathBuf,
+    /// The batch's output directory.
+    pub out: PathBuf,
+    /// The running `warren`, stdout and stderr captured.
+    pub child: Child,
+}
+
+impl WarrenCli {
+    /// Starts `warren batch upper` on `count` fresh inputs, published at `rate` (e.g. `"400/s"`)
+    /// so that whatever the test does next lands mid-batch, and returns once `first` results are
+    /// on disk. Call from a multi-threaded tokio test (it blocks in place while waiting).
+    pub fn start_paced_upper_batch(&self, count: usize, rate: &str, first: usize) -> PacedBatch {
+        let dir = tempfile::tempdir().unwrap();
+        let (inputs, out) = (dir.path().join("in"), dir.path().join("out"));
+        write_inputs(&inputs, count);
+        let mut child = self.spawn(&[
+            "batch",
+            "upper",
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--rate",
+            rate,
+        ]);
+        tokio::task::block_in_place(|| wait_for_results(&out, first, &mut child));
+        PacedBatch {
+            dir,
+            inputs,
+            out,
+            child,
+        }
     }
 }
 

@@ -12,8 +12,7 @@ use std::time::Duration;
 use warren_schemas::{ModuleRef, Outcome, Task};
 use warren_tests::broker::{rabbitmqctl, TestBroker};
 use warren_tests::producer_cli::{
-    assert_each_result_once, delete_queue, results_queue, text, upper_of, wait_for_results,
-    write_inputs, WarrenCli,
+    assert_each_result_once, delete_queue, results_queue, text, upper_of, PacedBatch, WarrenCli,
 };
 use warren_tests::worker_process::WorkerProcess;
 
@@ -44,21 +43,12 @@ async fn broker_stop_and_start_mid_batch_loses_nothing() {
         .collect();
     // The producer CLI, paced so that it is still publishing and collecting when the broker
     // goes away.
-    let dir = tempfile::tempdir().unwrap();
-    let (inputs, out) = (dir.path().join("in"), dir.path().join("out"));
-    write_inputs(&inputs, 400);
-    let warren = WarrenCli::new(&broker.topology);
-    let mut cli = warren.spawn(&[
-        "batch",
-        "upper",
-        "--inputs",
-        inputs.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--rate",
-        "100/s",
-    ]);
-    tokio::task::block_in_place(|| wait_for_results(&out, 20, &mut cli));
+    let PacedBatch {
+        dir: _dir,
+        inputs,
+        out,
+        child: cli,
+    } = WarrenCli::new(&broker.topology).start_paced_upper_batch(400, "100/s", 20);
     broker.publish_many(&tasks).await;
     let mut results = broker.collect(300, Duration::from_secs(120)).await;
 

@@ -12,7 +12,7 @@ use warren_schemas::{encode, ModuleRef, Task};
 use warren_tests::broker::{close_all_connections, private_vhost, TestBroker};
 use warren_tests::producer_cli::{
     assert_each_result_once, delete_queue, delete_queue_at, manifest, publish_to, results,
-    results_queue, text, upper_of, wait_for_results, write_inputs, WarrenCli,
+    results_queue, text, upper_of, write_inputs, PacedBatch, WarrenCli,
 };
 use warren_tests::worker_process::WorkerProcess;
 
@@ -68,22 +68,13 @@ async fn batch_killed_midway_is_finished_by_collect_with_every_result_once() {
     let broker = TestBroker::new().await;
     let worker = WorkerProcess::start(&broker.topology, 2, &[]);
     let warren = WarrenCli::new(&broker.topology);
-    let dir = tempfile::tempdir().unwrap();
-    let (inputs, out) = (dir.path().join("in"), dir.path().join("out"));
-    write_inputs(&inputs, 600);
-
     // Paced so that the kill lands while tasks are still being published and collected.
-    let mut child = warren.spawn(&[
-        "batch",
-        "upper",
-        "--inputs",
-        inputs.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--rate",
-        "400/s",
-    ]);
-    tokio::task::block_in_place(|| wait_for_results(&out, 40, &mut child));
+    let PacedBatch {
+        dir: _dir,
+        inputs,
+        out,
+        mut child,
+    } = warren.start_paced_upper_batch(600, "400/s", 40);
     child.kill().unwrap(); // SIGKILL: no chance to tidy up
     child.wait().unwrap();
     let before = results(&out).len();
@@ -127,22 +118,13 @@ async fn batch_rides_out_force_closed_connections_with_every_result_once() {
     let broker = TestBroker::new_on(url.clone()).await;
     let worker = WorkerProcess::start_on(&url, &broker.topology, 2, &[]);
     let warren = WarrenCli::new_on(&url, &broker.topology);
-    let dir = tempfile::tempdir().unwrap();
-    let (inputs, out) = (dir.path().join("in"), dir.path().join("out"));
-    write_inputs(&inputs, 600);
-
     // Paced so that the connections drop while tasks are still being published and collected.
-    let mut child = warren.spawn(&[
-        "batch",
-        "upper",
-        "--inputs",
-        inputs.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--rate",
-        "400/s",
-    ]);
-    tokio::task::block_in_place(|| wait_for_results(&out, 40, &mut child));
+    let PacedBatch {
+        dir: _dir,
+        inputs,
+        out,
+        child,
+    } = warren.start_paced_upper_batch(600, "400/s", 40);
     let before = results(&out).len();
     close_all_connections(FAULTS_VHOST); // the producer's and the worker's
     let output = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
@@ -169,21 +151,12 @@ async fn ctrl_c_stops_publishing_and_collect_resumes_it() {
     let broker = TestBroker::new().await;
     let worker = WorkerProcess::start(&broker.topology, 2, &[]);
     let warren = WarrenCli::new(&broker.topology);
-    let dir = tempfile::tempdir().unwrap();
-    let (inputs, out) = (dir.path().join("in"), dir.path().join("out"));
-    write_inputs(&inputs, 300);
-
-    let mut child = warren.spawn(&[
-        "batch",
-        "upper",
-        "--inputs",
-        inputs.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--rate",
-        "100/s",
-    ]);
-    tokio::task::block_in_place(|| wait_for_results(&out, 20, &mut child));
+    let PacedBatch {
+        dir: _dir,
+        inputs,
+        out,
+        child,
+    } = warren.start_paced_upper_batch(300, "100/s", 20);
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

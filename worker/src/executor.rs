@@ -229,7 +229,7 @@ pub fn run_guarded(sandbox: &Sandbox, module: &LoadedModule, call: GuestCall) ->
 }
 
 /// What a caller gets when the executor stopped before answering.
-pub fn executor_stopped() -> Execution {
+fn executor_stopped() -> Execution {
     Execution::refused(Outcome::Trap {
         message: "internal error in the worker: executor stopped".into(),
     })

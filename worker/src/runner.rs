@@ -1,7 +1,7 @@
 //! From a [`Task`] to a [`TaskResult`]: look the module up, run it on the executor, and fill in
 //! who ran it, on what, and where the time went.
 //!
-//! The daemon (async) and `warren-worker exec` (blocking) both go through [`TaskRunner`], so the
+//! The daemon (`run_then`) and `warren-worker exec` (`run_blocking`) both go through [`TaskRunner`], so the
 //! local exec a module author tries is exactly what a queued task gets.
 
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::Instant;
 use warren_schemas::task::unix_now_ns;
 use warren_schemas::{BatchRef, Outcome, Task, TaskId, TaskResult, Timings};
 
-use crate::executor::{executor_stopped, run_guarded, Executor};
+use crate::executor::{run_guarded, Executor};
 use crate::registry::{LoadedModule, ModuleRegistry};
 use crate::sandbox::{Execution, GuestCall};
 
@@ -18,7 +18,8 @@ use crate::sandbox::{Execution, GuestCall};
 pub struct TaskRunner {
     registry: Arc<ModuleRegistry>,
     executor: Executor,
-    worker_id: String,
+    /// Shared with every executor job, which copies it into its result.
+    worker_id: Arc<str>,
 }
 
 /// What the result needs from the task once its input has moved into the sandbox.
@@ -47,7 +48,7 @@ impl TaskRunner {
         Ok(TaskRunner {
             registry,
             executor,
-            worker_id: worker_id.into(),
+            worker_id: Arc::from(worker_id.into()),
         })
     }
 
@@ -61,20 +62,8 @@ impl TaskRunner {
         self.executor.concurrency()
     }
 
-    /// Runs `task` (delivery attempt `attempt`, from 1) and returns its result.
-    pub async fn run(&self, task: Task, attempt: u32) -> TaskResult {
-        let (header, prepared) = self.prepare(task, attempt);
-        match prepared {
-            Prepared::Done(execution) => finish(&self.worker_id, header, None, execution),
-            Prepared::Run(module, call) => {
-                let execution = self.executor.submit(module.clone(), call).await;
-                let execution = execution.unwrap_or_else(|_| executor_stopped());
-                finish(&self.worker_id, header, Some(&module), execution)
-            }
-        }
-    }
-
-    /// [`TaskRunner::run`] for callers outside an async runtime.
+    /// Runs `task` (delivery attempt `attempt`, from 1) and waits for its result (for callers
+    /// outside an async runtime, like `warren-worker exec`).
     pub fn run_blocking(&self, task: Task, attempt: u32) -> TaskResult {
         let (header, prepared) = self.prepare(task, attempt);
         match prepared {

@@ -153,7 +153,7 @@ pub async fn run_batch(
     .after(outcome)
     .await;
     bars.finish();
-    let report = outcome.map_err(|e| with_resume_hint(e, batch_id, &out))?;
+    let report = outcome?;
     if !options.wait {
         eprintln!(
             "warren: published {} tasks; results in queue {}. Collect them with:\n  warren collect {} --out {}",
@@ -221,30 +221,8 @@ pub async fn run_collect(
     .after(outcome)
     .await;
     bars.finish();
-    let report = outcome.map_err(|e| with_resume_hint(e, args.batch_id, &out))?;
+    let report = outcome?;
     Ok(conclude(&report))
-}
-
-/// Adds "how to resume" to an error that stopped a batch midway (broker or disk trouble).
-fn with_resume_hint(
-    error: crate::ProducerError,
-    batch_id: Uuid,
-    out: &std::path::Path,
-) -> anyhow::Error {
-    use crate::ProducerError::{Broker, ConsumerEnded, Internal, Io, Nacked};
-    let resumable = matches!(
-        error,
-        Broker { .. } | Nacked { .. } | Io { .. } | Internal(_) | ConsumerEnded { .. }
-    );
-    if resumable && batch::manifest::Manifest::path(out).exists() {
-        anyhow::anyhow!(
-            "{error}\nbatch {batch_id} stopped; what is in {} is complete and correct. Resume with:\n  warren collect {batch_id} --out {} --publish-rest",
-            out.display(),
-            out.display()
-        )
-    } else {
-        error.into()
-    }
 }
 
 /// `--out` must be a directory (or not exist yet).

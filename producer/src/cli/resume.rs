@@ -50,8 +50,15 @@ pub struct Resume<'a> {
 
 impl Resume<'_> {
     /// Returns `outcome` unless it is a lost connection; then reconnects and resumes until the
-    /// batch is done, fails otherwise, is interrupted, or the broker stays away too long.
-    pub async fn after(&self, mut outcome: Result<BatchReport>) -> Result<BatchReport> {
+    /// batch is done, fails otherwise, is interrupted, or the broker stays away too long. An
+    /// error that stops the batch for good says how to resume it by hand.
+    pub async fn after(&self, outcome: Result<BatchReport>) -> anyhow::Result<BatchReport> {
+        self.ride_out(outcome)
+            .await
+            .map_err(|error| with_resume_hint(error, self.batch_id, self.out))
+    }
+
+    async fn ride_out(&self, mut outcome: Result<BatchReport>) -> Result<BatchReport> {
         let mut delay = FIRST_DELAY;
         let mut unreachable_since: Option<Instant> = None;
         loop {
@@ -96,5 +103,23 @@ impl Resume<'_> {
             .await;
             producer.close().await;
         }
+    }
+}
+
+/// Adds "how to resume" to an error that stopped a batch midway (broker or disk trouble).
+fn with_resume_hint(error: crate::ProducerError, batch_id: Uuid, out: &Path) -> anyhow::Error {
+    use crate::ProducerError::{Broker, ConsumerEnded, Internal, Io, Nacked};
+    let resumable = matches!(
+        error,
+        Broker { .. } | Nacked { .. } | Io { .. } | Internal(_) | ConsumerEnded { .. }
+    );
+    if resumable && batch::manifest::Manifest::path(out).exists() {
+        anyhow::anyhow!(
+            "{error}\nbatch {batch_id} stopped; what is in {} is complete and correct. Resume with:\n  warren collect {batch_id} --out {} --publish-rest",
+            out.display(),
+            out.display()
+        )
+    } else {
+        error.into()
     }
 }

@@ -66,7 +66,7 @@ pub struct ExecutorBenchRow {
     pub threads: usize,
     /// Raw wasmtime loop: tasks per second.
     pub raw_tasks_per_s: f64,
-    /// warren (`TaskRunner::run`, whole task path minus the broker): tasks per second.
+    /// warren (`TaskRunner::run_then`, the daemon's task path minus the broker): tasks per second.
     pub warren_tasks_per_s: f64,
     /// `warren_tasks_per_s / raw_tasks_per_s`.
     pub ratio: f64,
