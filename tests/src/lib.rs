@@ -105,7 +105,7 @@ pub fn runner_with(config: SandboxConfig) -> (TaskRunner, tempfile::TempDir) {
         "built modules must load: {:?}",
         report.failed
     );
-    let runner = TaskRunner::start(registry, "test-worker").expect("executor");
+    let runner = TaskRunner::new(registry, "test-worker");
     (runner, cache)
 }
 

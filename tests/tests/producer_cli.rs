@@ -118,13 +118,14 @@ async fn batch_rides_out_force_closed_connections_with_every_result_once() {
     let broker = TestBroker::new_on(url.clone()).await;
     let worker = WorkerProcess::start_on(&url, &broker.topology, 2, &[]);
     let warren = WarrenCli::new_on(&url, &broker.topology);
-    // Paced so that the connections drop while tasks are still being published and collected.
+    // Paced so that the connections drop while tasks are still being published and collected
+    // (4 s of publishing: `rabbitmqctl` itself takes a second or two to start).
     let PacedBatch {
         dir: _dir,
         inputs,
         out,
         child,
-    } = warren.start_paced_upper_batch(600, "400/s", 40);
+    } = warren.start_paced_upper_batch(600, "150/s", 40);
     let before = results(&out).len();
     close_all_connections(FAULTS_VHOST); // the producer's and the worker's
     let output = tokio::task::block_in_place(|| child.wait_with_output().unwrap());

@@ -226,3 +226,42 @@ async fn prefetch_bounds_unacknowledged_deliveries() {
     assert_eq!(ids.len(), tasks.len());
     broker.cleanup().await;
 }
+
+/// Lanes take turns waiting on the consumer; a lane busy with a long task must never hold the
+/// next delivery back while another lane is free. Shown with the worker's own timings: the
+/// runs of two slow tasks on a two-slot worker overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_task_does_not_hold_back_the_next_delivery() {
+    let broker = TestBroker::new().await;
+    let _worker = WorkerProcess::start(&broker.topology, 2, &[]);
+    for round in 0..3 {
+        let tasks: Vec<Task> = (0..2)
+            .map(|i| task("sleep", format!("{round}-{i}").as_bytes(), &["800"]))
+            .collect();
+        for t in &tasks {
+            broker.publish(t).await;
+        }
+        let results = broker.collect(2, Duration::from_secs(30)).await;
+        assert_eq!(results.len(), 2);
+        let runs: Vec<(u64, u64)> = results
+            .iter()
+            .map(|r| {
+                assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+                let submitted = tasks
+                    .iter()
+                    .find(|t| t.id == r.task_id)
+                    .expect("a result for a task of this round")
+                    .submitted_at_unix_ns;
+                let started = submitted + r.timings.queue_wait_ns;
+                (started, started + r.timings.total_ns)
+            })
+            .collect();
+        let latest_start = runs.iter().map(|r| r.0).max().unwrap();
+        let earliest_end = runs.iter().map(|r| r.1).min().unwrap();
+        assert!(
+            latest_start < earliest_end,
+            "round {round}: the two tasks ran one after the other: {runs:?}"
+        );
+    }
+    broker.cleanup().await;
+}

@@ -154,9 +154,9 @@ fn hot_reload_adds_replaces_and_removes_modules() {
     copy_module("echo", dir.path(), "job");
     registry.load_dir(dir.path()).unwrap();
     let _watcher = watch_modules(registry.clone(), dir.path()).unwrap();
-    let runner = TaskRunner::start(registry.clone(), "reload-test").unwrap();
+    let runner = TaskRunner::new(registry.clone(), "reload-test");
     let run = |name: &str, input: &[u8]| {
-        runner.run_blocking(Task::new(ModuleRef::latest(name), input.to_vec()), 1)
+        runner.run_here(Task::new(ModuleRef::latest(name), input.to_vec()), 1)
     };
     assert_eq!(run("job", b"abc").stdout, b"abc");
 

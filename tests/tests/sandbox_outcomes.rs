@@ -14,7 +14,7 @@ fn task(module: &str, input: &[u8], args: &[&str]) -> Task {
 
 fn run(runner: &TaskRunner, task: Task) -> TaskResult {
     let id = task.id;
-    let result = runner.run_blocking(task, 1);
+    let result = runner.run_here(task, 1);
     assert_eq!(result.task_id, id, "a result answers its own task");
     result
 }
@@ -401,7 +401,7 @@ fn concurrent_tasks_each_get_their_own_sandbox() {
                 (0..25)
                     .map(|j| {
                         let input = format!("task {i}-{j}");
-                        let result = runner.run_blocking(task("upper", input.as_bytes(), &[]), 1);
+                        let result = runner.run_here(task("upper", input.as_bytes(), &[]), 1);
                         (input.to_uppercase().into_bytes(), result.stdout)
                     })
                     .collect::<Vec<_>>()
@@ -427,7 +427,7 @@ fn run_guest(file: &str, timeout_ms: u64) -> TaskResult {
     let registry = warren_tests::registry(test_config(1), dir.path());
     let report = registry.load_dir(dir.path()).unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
-    let runner = TaskRunner::start(registry, "guest-test").unwrap();
+    let runner = TaskRunner::new(registry, "guest-test");
     let mut t = task(&name, b"", &[]);
     t.limits.timeout_ms = Some(timeout_ms);
     run(&runner, t)

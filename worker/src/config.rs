@@ -1,9 +1,9 @@
 //! The sandbox's knobs, in one struct, with their defaults, units and costs.
 //!
-//! Everything the engine, the pool and the executor need is derived from this struct, so the
-//! invariant "never more tasks in flight than the pool holds" is true by construction: the pool
-//! has exactly [`SandboxConfig::max_concurrent_tasks`] instance slots and the executor has exactly
-//! that many threads.
+//! Everything the engine, the pool and the daemon's lanes need is derived from this struct, so
+//! the invariant "never more tasks running than the pool holds" is true by construction: the
+//! pool has exactly [`SandboxConfig::max_concurrent_tasks`] instance slots and the daemon has
+//! exactly that many lane threads.
 //!
 //! # Memory cost
 //! The pool reserves, up front, *virtual* address space of
@@ -41,10 +41,10 @@ pub const DEFAULT_KEEP_RESIDENT: u64 = 64 << 10;
 /// Default epoch tick: 10 ms. Deadlines are rounded up to whole ticks.
 pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Engine, pool and executor configuration.
+/// Engine, pool and concurrency configuration.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SandboxConfig {
-    /// Tasks run at the same time: executor threads and pool instance slots. Default: one per
+    /// Tasks run at the same time: lane threads and pool instance slots. Default: one per
     /// CPU core. Each costs `memory_reservation + memory_guard` of virtual memory.
     #[arg(long, env = "WARREN_MAX_CONCURRENT_TASKS", value_parser = parse_positive)]
     pub max_concurrent_tasks: Option<usize>,

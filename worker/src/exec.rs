@@ -1,4 +1,4 @@
-//! `warren-worker exec`: run one task locally, through the same registry and executor as the
+//! `warren-worker exec`: run one task locally, through the same registry and task runner as the
 //! daemon, with no broker. This is how a module author tries a module.
 //!
 //! The guest's stdout goes to stdout and its stderr to stderr; a one-line report (outcome,
@@ -65,9 +65,8 @@ pub fn run_exec(args: ExecArgs) -> anyhow::Result<i32> {
     let mut task = Task::new(module, input);
     task.args = args.args;
     task.env = args.env;
-    let runner =
-        TaskRunner::start(registry, default_worker_id()).context("cannot start the executor")?;
-    let result = runner.run_blocking(task, 1);
+    let runner = TaskRunner::new(registry, default_worker_id());
+    let result = runner.run_here(task, 1);
     report(&result)?;
     if let Outcome::ModuleNotFound { .. } = result.outcome {
         let names: Vec<String> = runner

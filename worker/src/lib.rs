@@ -7,8 +7,7 @@
 //! - [`sandbox`]: one task in one fresh store — WASI context, limits, outcome mapping.
 //! - [`registry`]: modules by name and digest, AOT-compiled and cached, hot-reloadable.
 //! - [`watch`]: rescans the modules directory when it changes.
-//! - [`executor`]: dedicated OS threads that run guests, one per pool slot.
-//! - [`runner`]: `Task` → `TaskResult` through the registry and executor.
+//! - [`runner`]: `Task` → `TaskResult` through the registry, on the calling thread.
 //! - [`daemon`]: `warren-worker run`, the queue worker (consume, run, publish confirmed, ack).
 //! - [`metrics`], [`http`]: Prometheus metrics and the health endpoints; [`probe`] reads them.
 //! - [`exec`]: `warren-worker exec`, the local, broker-less way to run one task.
@@ -20,7 +19,6 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod exec;
-pub mod executor;
 pub mod http;
 pub mod metrics;
 pub mod probe;

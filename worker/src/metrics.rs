@@ -6,10 +6,13 @@
 //! `-` when none was found, so a task cannot mint label values), `outcome` one of
 //! [`Outcome::LABELS`], `reason` one of the decode error labels.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Histogram, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use warren_schemas::{Outcome, TaskResult};
@@ -122,22 +125,62 @@ fn describe() {
 }
 
 /// Records a finished task.
+///
+/// Called once per task on the lane that ran it, so the metric handles are looked up once per
+/// lane, module and outcome and kept (a lookup builds the label set and hashes it: several
+/// allocations per task otherwise). The set is bounded like the labels: loaded module names
+/// times [`Outcome::LABELS`].
 pub fn record_result(result: &TaskResult) {
-    let module = result
-        .module
-        .as_ref()
-        .map_or_else(|| "-".to_owned(), |m| m.name.clone());
+    let module = result.module.as_ref().map_or("-", |m| m.name.as_str());
     let outcome = result.outcome.label();
     let t = &result.timings;
-    counter!(TASKS_TOTAL, "module" => module.clone(), "outcome" => outcome).increment(1);
-    histogram!(TASK_QUEUE_WAIT_SECONDS).record(t.queue_wait_ns as f64 * 1e-9);
-    histogram!(TASK_TOTAL_SECONDS, "module" => module.clone(), "outcome" => outcome)
-        .record(t.total_ns as f64 * 1e-9);
-    if result.module.is_some() {
-        histogram!(INSTANTIATE_SECONDS, "module" => module.clone())
-            .record(t.instantiate_ns as f64 * 1e-9);
-        histogram!(TASK_RUN_SECONDS, "module" => module, "outcome" => outcome)
-            .record(t.run_ns as f64 * 1e-9);
+    TASK_HANDLES.with_borrow_mut(|handles| {
+        let by_outcome = match handles.get_mut(module) {
+            Some(by_outcome) => by_outcome,
+            None => handles.entry(module.to_owned()).or_default(),
+        };
+        let task = by_outcome
+            .entry(outcome)
+            .or_insert_with(|| TaskHandles::new(module, outcome, result.module.is_some()));
+        task.total.increment(1);
+        task.queue_wait.record(t.queue_wait_ns as f64 * 1e-9);
+        task.total_seconds.record(t.total_ns as f64 * 1e-9);
+        if let Some((instantiate, run)) = &task.sandbox {
+            instantiate.record(t.instantiate_ns as f64 * 1e-9);
+            run.record(t.run_ns as f64 * 1e-9);
+        }
+    });
+}
+
+thread_local! {
+    /// This thread's handles, by module name and outcome label.
+    static TASK_HANDLES: RefCell<HashMap<String, HashMap<&'static str, TaskHandles>>> =
+        RefCell::default();
+}
+
+/// The metrics one finished task updates.
+struct TaskHandles {
+    total: Counter,
+    queue_wait: Histogram,
+    total_seconds: Histogram,
+    /// Instantiate and run time, for tasks that reached a sandbox.
+    sandbox: Option<(Histogram, Histogram)>,
+}
+
+impl TaskHandles {
+    fn new(module: &str, outcome: &'static str, ran: bool) -> Self {
+        let module = module.to_owned();
+        TaskHandles {
+            total: counter!(TASKS_TOTAL, "module" => module.clone(), "outcome" => outcome),
+            queue_wait: histogram!(TASK_QUEUE_WAIT_SECONDS),
+            total_seconds: histogram!(TASK_TOTAL_SECONDS, "module" => module.clone(), "outcome" => outcome),
+            sandbox: ran.then(|| {
+                (
+                    histogram!(INSTANTIATE_SECONDS, "module" => module.clone()),
+                    histogram!(TASK_RUN_SECONDS, "module" => module, "outcome" => outcome),
+                )
+            }),
+        }
     }
 }
 

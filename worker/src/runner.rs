@@ -1,25 +1,57 @@
-//! From a [`Task`] to a [`TaskResult`]: look the module up, run it on the executor, and fill in
-//! who ran it, on what, and where the time went.
+//! From a [`Task`] to a [`TaskResult`]: look the module up, run it on the calling thread, and
+//! fill in who ran it, on what, and where the time went.
 //!
-//! The daemon (`run_then`) and `warren-worker exec` (`run_blocking`) both go through [`TaskRunner`], so the
+//! The daemon's lanes and `warren-worker exec` both go through [`TaskRunner::run_here`], so the
 //! local exec a module author tries is exactly what a queued task gets.
 
-use std::sync::Arc;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
+use tracing::error;
 use warren_schemas::task::unix_now_ns;
 use warren_schemas::{BatchRef, Outcome, Task, TaskId, TaskResult, Timings};
 
-use crate::executor::{run_guarded, Executor};
 use crate::registry::{LoadedModule, ModuleRegistry};
-use crate::sandbox::{Execution, GuestCall};
+use crate::sandbox::{Execution, GuestCall, Sandbox};
 
-/// Runs tasks against a registry on an executor.
+/// Runs tasks against a registry.
 pub struct TaskRunner {
     registry: Arc<ModuleRegistry>,
-    executor: Executor,
-    /// Shared with every executor job, which copies it into its result.
-    worker_id: Arc<str>,
+    /// Copied into every result.
+    worker_id: String,
+    slots: Slots,
+}
+
+/// Pool instance slots free for callers of [`TaskRunner::run_here`]: a caller beyond the pool's
+/// size waits for a slot instead of finding the pool empty. The daemon's lanes never wait
+/// (there are as many lanes as slots); the gate is for every other caller.
+struct Slots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Slots {
+    fn take(&self) -> SlotGuard<'_> {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        while *free == 0 {
+            free = self
+                .freed
+                .wait(free)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *free -= 1;
+        SlotGuard(self)
+    }
+}
+
+struct SlotGuard<'a>(&'a Slots);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.0.freed.notify_one();
+    }
 }
 
 /// What the result needs from the task once its input has moved into the sandbox.
@@ -39,17 +71,17 @@ enum Prepared {
 }
 
 impl TaskRunner {
-    /// A runner whose executor has one thread per pool slot of the registry's sandbox.
-    pub fn start(
-        registry: Arc<ModuleRegistry>,
-        worker_id: impl Into<String>,
-    ) -> std::io::Result<Self> {
-        let executor = Executor::start(registry.sandbox().clone())?;
-        Ok(TaskRunner {
+    /// A runner for `registry`'s modules, naming itself `worker_id` in results.
+    pub fn new(registry: Arc<ModuleRegistry>, worker_id: impl Into<String>) -> Self {
+        let slots = Slots {
+            free: Mutex::new(registry.sandbox().config().concurrency()),
+            freed: Condvar::new(),
+        };
+        TaskRunner {
             registry,
-            executor,
-            worker_id: Arc::from(worker_id.into()),
-        })
+            worker_id: worker_id.into(),
+            slots,
+        }
     }
 
     /// The registry tasks are resolved against.
@@ -57,43 +89,26 @@ impl TaskRunner {
         &self.registry
     }
 
-    /// How many tasks can run at once.
+    /// How many tasks can run at once: the pool's instance slots.
     pub fn concurrency(&self) -> usize {
-        self.executor.concurrency()
+        self.registry.sandbox().config().concurrency()
     }
 
-    /// Runs `task` (delivery attempt `attempt`, from 1) and waits for its result (for callers
-    /// outside an async runtime, like `warren-worker exec`).
-    pub fn run_blocking(&self, task: Task, attempt: u32) -> TaskResult {
+    /// Runs `task` (delivery attempt `attempt`, from 1) on the calling thread and returns its
+    /// result.
+    ///
+    /// The thread must not be a tokio worker (wasmtime-wasi's synchronous host calls
+    /// `block_on`). At most [`concurrency`](Self::concurrency) tasks run at once, one pool slot
+    /// each; more callers wait for a slot (the daemon has exactly as many lanes as slots).
+    pub fn run_here(&self, task: Task, attempt: u32) -> TaskResult {
         let (header, prepared) = self.prepare(task, attempt);
         match prepared {
             Prepared::Done(execution) => finish(&self.worker_id, header, None, execution),
             Prepared::Run(module, call) => {
-                let execution = self.executor.run_blocking(module.clone(), call);
+                let slot = self.slots.take();
+                let execution = run_guarded(self.registry.sandbox(), &module, call);
+                drop(slot);
                 finish(&self.worker_id, header, Some(&module), execution)
-            }
-        }
-    }
-
-    /// Runs `task` and hands its result to `then` on the executor thread that ran it, so what
-    /// the caller does next (the daemon publishes the result) costs no hop back to the async
-    /// side. A task answered without running (module not found, invalid) calls `then` at once,
-    /// on the caller's thread. If the executor has stopped, `then` is never called.
-    pub fn run_then(
-        &self,
-        task: Task,
-        attempt: u32,
-        then: impl FnOnce(TaskResult) + Send + 'static,
-    ) {
-        let (header, prepared) = self.prepare(task, attempt);
-        match prepared {
-            Prepared::Done(execution) => then(finish(&self.worker_id, header, None, execution)),
-            Prepared::Run(module, call) => {
-                let worker_id = self.worker_id.clone();
-                self.executor.spawn(move |sandbox| {
-                    let execution = run_guarded(sandbox, &module, call);
-                    then(finish(&worker_id, header, Some(&module), execution));
-                });
             }
         }
     }
@@ -135,6 +150,23 @@ impl TaskRunner {
         };
         (header, Prepared::Run(module, call))
     }
+}
+
+/// Runs `call` on `module` in `sandbox`, turning a panic into a trapped outcome.
+fn run_guarded(sandbox: &Sandbox, module: &LoadedModule, call: GuestCall) -> Execution {
+    // The sandbox maps every guest behaviour to an outcome; a panic here would be a bug in
+    // warren or wasmtime, and it still must not take the thread (and the slot) with it.
+    catch_unwind(AssertUnwindSafe(|| sandbox.run(&module.pre, call))).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        error!(module = %module.short_ref(), %message, "sandbox panicked; task reported as trapped");
+        Execution::refused(Outcome::Trap {
+            message: format!("internal error in the worker: {message}"),
+        })
+    })
 }
 
 /// The task's result from its execution.

@@ -2,16 +2,17 @@
 //! to the smallest loop raw wasmtime allows on the same engine and module — fresh store,
 //! instantiate from an `InstancePre`, call `_start`, drop — measured in the same run.
 //!
-//! The ratio says what warren's per-task work costs over the bare minimum: the task → call
-//! translation, the WASI context with captured stdio, limits, deadline and outcome
-//! classification, the hand-off to an executor thread and back, and the result.
+//! The ratio says what warren's per-task work costs over the bare minimum: decoding the task
+//! message, the look-up and task → call translation, the WASI context with captured stdio,
+//! limits, deadline and outcome classification, and the encoded result — everything a daemon
+//! lane does per task except talking to the broker.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use warren_schemas::{encode, ModuleRef, Task};
+use warren_schemas::{decode, encode, ModuleRef, Task};
 use wasmtime::{Linker, Store};
 use wasmtime_wasi::p1::{add_to_linker_sync, WasiP1Ctx};
 use wasmtime_wasi::WasiCtxBuilder;
@@ -66,7 +67,7 @@ pub struct ExecutorBenchRow {
     pub threads: usize,
     /// Raw wasmtime loop: tasks per second.
     pub raw_tasks_per_s: f64,
-    /// warren (`TaskRunner::run_then`, the daemon's task path minus the broker): tasks per second.
+    /// warren (a daemon lane's task path minus the broker): tasks per second.
     pub warren_tasks_per_s: f64,
     /// `warren_tasks_per_s / raw_tasks_per_s`.
     pub ratio: f64,
@@ -99,7 +100,7 @@ pub fn run_executor_bench(args: &ExecutorBenchArgs) -> anyhow::Result<ExecutorBe
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
-    let runner = TaskRunner::start(registry, "bench")?;
+    let runner = TaskRunner::new(registry, "bench");
     let (mut raws, mut warrens) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds {
         raws.push(raw_loop(&sandbox, &module, threads, args.duration)?);
@@ -175,50 +176,42 @@ fn raw_loop(
     Ok(counts.iter().sum::<u64>() as f64 / started.elapsed().as_secs_f64())
 }
 
-/// warren's path as the daemon drives it: [`TaskRunner::run_then`] from one dispatching thread
-/// (the daemon's consumer), the result encoded on the executor thread and handed back over a
-/// channel (the daemon's settler), with as many tasks in flight as the daemon's default
-/// prefetch lets it hold (`PREFETCH_PER_THREAD × threads`), so the executor's queue never runs
-/// dry, as under load from the broker.
+/// warren's path as a daemon lane takes it, on `threads` threads: decode the task message,
+/// [`TaskRunner::run_here`] (look-up, task → call, WASI context with captured stdio, limits,
+/// deadline, outcome, result), encode the result for publishing.
 fn warren_loop(
     runner: &TaskRunner,
     module: &str,
     threads: usize,
     duration: Duration,
 ) -> anyhow::Result<f64> {
-    let module: ModuleRef = module.parse()?;
-    let (finished, results) = crossbeam_channel::unbounded::<Result<usize, String>>();
-    let window = threads * crate::daemon::PREFETCH_PER_THREAD;
+    let message = encode(&Task::new(module.parse::<ModuleRef>()?, Vec::new()));
     let started = Instant::now();
-    let (mut in_flight, mut done) = (0usize, 0u64);
-    loop {
-        while in_flight < window && started.elapsed() < duration {
-            let finished = finished.clone();
-            runner.run_then(Task::new(module.clone(), Vec::new()), 1, move |result| {
-                // What the daemon does with a result before it reaches the broker: encode it.
-                let encoded = if result.outcome.is_success() {
-                    Ok(encode(&result).len())
-                } else {
-                    Err(result.outcome.to_string())
-                };
-                let _ = finished.send(encoded);
-            });
-            in_flight += 1;
-        }
-        if in_flight == 0 {
-            break;
-        }
-        let result = results
-            .recv_timeout(STALL_LIMIT)
-            .context("the executor stopped answering")?;
-        in_flight -= 1;
-        if let Err(outcome) = result {
-            bail!("benchmark task did not succeed: {outcome}");
-        }
-        done += 1;
-    }
-    Ok(done as f64 / started.elapsed().as_secs_f64())
+    let counts = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<u64> {
+                    let mut done = 0;
+                    while started.elapsed() < duration {
+                        let task: Task = decode(&message, message.len())?;
+                        let result = runner.run_here(task, 1);
+                        if !result.outcome.is_success() {
+                            bail!("benchmark task did not succeed: {}", result.outcome);
+                        }
+                        std::hint::black_box(encode(&result));
+                        done += 1;
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("warren loop thread panicked"))
+            })
+            .collect::<anyhow::Result<Vec<u64>>>()
+    })?;
+    Ok(counts.iter().sum::<u64>() as f64 / started.elapsed().as_secs_f64())
 }
-
-/// How long the benchmark waits for any task before calling the executor stuck.
-const STALL_LIMIT: Duration = Duration::from_secs(30);

@@ -5,8 +5,9 @@
 //! - `a-ondemand-copy-linker`: mmap per instance, data segments copied in, imports resolved by
 //!   `Linker::instantiate` on every task — the naive embedding.
 //! - `b-ondemand-cow-pre`: mmap per instance, copy-on-write memory image, `InstancePre`.
-//! - `c-warren`: warren's executor configuration — pooling allocator + CoW + `InstancePre`,
-//!   through the same executor threads the daemon uses.
+//! - `c-warren`: warren's configuration — pooling allocator + CoW mapped from the AOT file +
+//!   `InstancePre`, dirty pages reset in place — run on the measuring threads as the daemon's
+//!   lanes run tasks.
 //!
 //! Each is measured on one thread and on all cores for `--duration`; instantiate p50/p99 come
 //! from the per-task instantiate timings, tasks/s from whole tasks.
@@ -20,7 +21,6 @@ use serde::Serialize;
 use super::stats::percentile;
 use crate::config::{parse_duration, SandboxConfig};
 use crate::engine::Allocation;
-use crate::executor::Executor;
 use crate::registry::{LoadedModule, ModuleRegistry};
 use crate::sandbox::{Execution, GuestCall, Sandbox};
 use crate::ModuleSource;
@@ -101,12 +101,11 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
             let thread_counts = if cores > 1 { vec![1, cores] } else { vec![1] };
             for threads in thread_counts {
                 let row = match allocation {
-                    Allocation::Pooled => {
-                        measure_executor(&sandbox, &module, &call, threads, args.duration)?
+                    Allocation::Pooled | Allocation::OnDemandCow => {
+                        measure_threads(threads, args.duration, || {
+                            sandbox.run(&module.pre, call.clone())
+                        })?
                     }
-                    Allocation::OnDemandCow => measure_threads(threads, args.duration, || {
-                        sandbox.run(&module.pre, call.clone())
-                    })?,
                     Allocation::OnDemandCopy => measure_threads(threads, args.duration, || {
                         sandbox.run_with(call.clone(), |store| {
                             sandbox.linker().instantiate(store, module.pre.module())
@@ -174,38 +173,6 @@ fn measure_threads(
             Err(_) => bail!("benchmark thread panicked"),
         }
     }
-    Ok(row_from(samples, elapsed, threads))
-}
-
-/// Runs tasks through an [`Executor`] with `threads` threads, keeping it saturated.
-fn measure_executor(
-    sandbox: &Arc<Sandbox>,
-    module: &Arc<LoadedModule>,
-    call: &GuestCall,
-    threads: usize,
-    duration: Duration,
-) -> anyhow::Result<BenchRow> {
-    let executor = Executor::start_with_threads(sandbox.clone(), threads)?;
-    let window = threads * 2;
-    let mut in_flight = std::collections::VecDeque::with_capacity(window);
-    let mut samples = Vec::new();
-    let started = Instant::now();
-    while started.elapsed() < duration || !in_flight.is_empty() {
-        if started.elapsed() < duration && in_flight.len() < window {
-            in_flight.push_back(executor.submit(module.clone(), call.clone()));
-            continue;
-        }
-        let Some(next) = in_flight.pop_front() else {
-            break;
-        };
-        let execution = next.blocking_recv().context("executor stopped")?;
-        if !execution.outcome.is_success() {
-            bail!("benchmark task did not succeed: {}", execution.outcome);
-        }
-        samples.push(execution.instantiate.as_nanos() as u64);
-    }
-    let elapsed = started.elapsed();
-    executor.shutdown();
     Ok(row_from(samples, elapsed, threads))
 }
 

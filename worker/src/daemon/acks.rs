@@ -2,20 +2,21 @@
 //! `multiple = true`, so the broker (which shares the worker's cores on small machines) handles
 //! one frame per burst instead of one per task.
 //!
-//! Every delivery is registered in arrival order ([`Event::Received`]) before its task starts,
-//! and settled when it is done ([`Event::Settled`]). One task per session
+//! The broker numbers a channel's deliveries 1, 2, 3, … Deliveries are settled as their tasks
+//! end ([`Ledger::settle`]), in any order and from any lane. One task per session
 //! ([`super::settler`]) owns this [`Ledger`] and is the only one that writes acks, rejects and
 //! nacks to the channel, so they reach the broker in a safe order:
 //!
 //! - rejects and requeues are sent individually, before any ack that could cover their tag;
-//! - the acks below the lowest still-running delivery go out as one `multiple` ack;
-//! - acks above it (a slow task holds the bottom) wait, but never more than
+//! - a `multiple` ack goes up to the end of the unbroken run of settled tags: every tag up to it
+//!   is settled, so it never covers a delivery that is still running — nor one a lane took but
+//!   has not reported yet, which is why no arrival-order registration is needed;
+//! - acks above a gap (a slow task holds it) wait, but never more than
 //!   [`HELD_ACKS_LIMIT_DIVISOR`]th of the prefetch window: then they are sent one by one, so a long
 //!   task cannot starve the consumer of deliveries.
 //!
-//! A multiple ack never covers a delivery that is still running: that delivery is what holds the
-//! bottom. When the connection is gone, nothing more is sent and the broker redelivers whatever
-//! was not acked (at-least-once).
+//! When the connection is gone, nothing more is sent and the broker redelivers whatever was not
+//! acked (at-least-once).
 
 use std::collections::BTreeSet;
 
@@ -37,23 +38,17 @@ pub enum Settle {
     Requeue,
 }
 
-/// What happened to a delivery.
-#[derive(Debug)]
-pub enum Event {
-    /// It arrived (in arrival order).
-    Received(u64),
-    /// It ended so.
-    Settled(u64, Settle),
-}
-
-/// What to send next, computed from the events seen so far. Kept apart from the channel so the
-/// ordering rules are unit-tested.
+/// What to send next, computed from the settlements seen so far. Kept apart from the channel so
+/// the ordering rules are unit-tested.
 #[derive(Debug, Default)]
 pub struct Ledger {
-    /// Registered and not settled yet.
-    running: BTreeSet<u64>,
-    /// Settled as [`Settle::Ack`], not sent yet.
+    /// Every delivery up to this tag is settled and its frame sent (or covered).
+    through: u64,
+    /// Settled as [`Settle::Ack`] above `through`, not sent yet.
     done: BTreeSet<u64>,
+    /// Above `through` with their frame already sent (refused, or acked singly): they only
+    /// close the run.
+    sent: BTreeSet<u64>,
     /// Rejects and requeues, in the order they were settled.
     refusals: Vec<(u64, Settle)>,
 }
@@ -69,39 +64,36 @@ pub struct Frames {
 }
 
 impl Ledger {
-    /// Records `event`.
-    pub fn apply(&mut self, event: Event) {
-        match event {
-            Event::Received(tag) => {
-                self.running.insert(tag);
+    /// Records that delivery `tag` ended so.
+    pub fn settle(&mut self, tag: u64, how: Settle) {
+        match how {
+            Settle::Ack => {
+                self.done.insert(tag);
             }
-            Event::Settled(tag, how) => {
-                self.running.remove(&tag);
-                match how {
-                    Settle::Ack => {
-                        self.done.insert(tag);
-                    }
-                    refusal => self.refusals.push((tag, refusal)),
-                }
-            }
+            refusal => self.refusals.push((tag, refusal)),
         }
     }
 
-    /// Deliveries registered and not settled yet.
-    pub fn running(&self) -> usize {
-        self.running.len()
-    }
-
-    /// What to send now; acks held above a running delivery go out singly once there are
-    /// `held_limit` of them.
+    /// What to send now; acks held above a gap go out singly once there are `held_limit` of
+    /// them.
     pub fn take_frames(&mut self, held_limit: usize) -> Frames {
         let refusals = std::mem::take(&mut self.refusals);
-        let floor = self.running.first().copied().unwrap_or(u64::MAX);
-        let held = self.done.split_off(&floor);
-        let ack_up_to = self.done.last().copied();
-        self.done = held;
-        let single_acks = if self.done.len() >= held_limit {
-            std::mem::take(&mut self.done).into_iter().collect()
+        self.sent.extend(refusals.iter().map(|&(tag, _)| tag));
+        // Extend the run of settled tags; the highest unsent ack in it carries the others.
+        let mut ack_up_to = None;
+        loop {
+            let next = self.through + 1;
+            if self.done.remove(&next) {
+                ack_up_to = Some(next);
+            } else if !self.sent.remove(&next) {
+                break;
+            }
+            self.through = next;
+        }
+        let single_acks: Vec<u64> = if self.done.len() >= held_limit {
+            let singles = std::mem::take(&mut self.done);
+            self.sent.extend(&singles);
+            singles.into_iter().collect()
         } else {
             Vec::new()
         };
@@ -153,20 +145,16 @@ pub async fn send(channel: &Channel, frames: Frames) -> lapin::Result<()> {
 mod tests {
     use super::*;
 
-    fn ledger(received: impl IntoIterator<Item = u64>) -> Ledger {
-        let mut ledger = Ledger::default();
-        for tag in received {
-            ledger.apply(Event::Received(tag));
+    fn settle(ledger: &mut Ledger, tags: impl IntoIterator<Item = u64>) {
+        for tag in tags {
+            ledger.settle(tag, Settle::Ack);
         }
-        ledger
     }
 
     #[test]
-    fn finished_deliveries_below_every_running_one_are_acked_in_one_frame() {
-        let mut ledger = ledger(1..=5);
-        for tag in [2, 1, 3] {
-            ledger.apply(Event::Settled(tag, Settle::Ack));
-        }
+    fn finished_deliveries_in_an_unbroken_run_are_acked_in_one_frame() {
+        let mut ledger = Ledger::default();
+        settle(&mut ledger, [2, 1, 3]);
         let frames = ledger.take_frames(16);
         assert_eq!(frames.ack_up_to, Some(3));
         assert!(frames.single_acks.is_empty());
@@ -177,46 +165,55 @@ mod tests {
     }
 
     #[test]
-    fn a_multiple_ack_never_covers_a_running_delivery() {
-        let mut ledger = ledger(1..=5);
-        for tag in [1, 3, 4] {
-            ledger.apply(Event::Settled(tag, Settle::Ack));
-        }
+    fn a_multiple_ack_never_covers_a_delivery_not_settled_yet() {
+        let mut ledger = Ledger::default();
+        settle(&mut ledger, [1, 3, 4]);
         let frames = ledger.take_frames(16);
         assert_eq!(frames.ack_up_to, Some(1), "2 still runs: 3 and 4 wait");
-        ledger.apply(Event::Settled(2, Settle::Ack));
+        // 6 ends before the lane that took 5 has reported anything: 5 still holds it back.
+        settle(&mut ledger, [2, 6]);
         assert_eq!(ledger.take_frames(16).ack_up_to, Some(4));
+        settle(&mut ledger, [5]);
+        assert_eq!(ledger.take_frames(16).ack_up_to, Some(6));
     }
 
     #[test]
     fn acks_held_behind_a_slow_delivery_are_sent_singly_at_the_limit() {
-        let mut ledger = ledger(1..=6);
-        for tag in [2, 3] {
-            ledger.apply(Event::Settled(tag, Settle::Ack));
-        }
+        let mut ledger = Ledger::default();
+        settle(&mut ledger, [2, 3]);
         assert_eq!(
             ledger.take_frames(3),
             Frames::default(),
             "below the limit: held"
         );
-        ledger.apply(Event::Settled(4, Settle::Ack));
+        settle(&mut ledger, [4]);
         let frames = ledger.take_frames(3);
         assert_eq!(frames.ack_up_to, None, "1 still runs");
         assert_eq!(frames.single_acks, vec![2, 3, 4]);
+        // Once 1 ends, the run goes past the tags already acked singly.
+        settle(&mut ledger, [1, 5]);
+        assert_eq!(ledger.take_frames(3).ack_up_to, Some(5));
     }
 
     #[test]
     fn refusals_go_out_first_and_are_never_acked() {
-        let mut ledger = ledger(1..=4);
-        ledger.apply(Event::Settled(2, Settle::DeadLetter));
-        ledger.apply(Event::Settled(3, Settle::Requeue));
-        ledger.apply(Event::Settled(1, Settle::Ack));
-        ledger.apply(Event::Settled(4, Settle::Ack));
+        let mut ledger = Ledger::default();
+        ledger.settle(2, Settle::DeadLetter);
+        ledger.settle(3, Settle::Requeue);
+        settle(&mut ledger, [1, 4]);
         let frames = ledger.take_frames(16);
         assert_eq!(
             frames.refusals,
             vec![(2, Settle::DeadLetter), (3, Settle::Requeue)]
         );
         assert_eq!(frames.ack_up_to, Some(4));
+        // A run that ends in a refusal acks up to its last ack, not the refused tag.
+        ledger.settle(5, Settle::Ack);
+        ledger.settle(6, Settle::DeadLetter);
+        let frames = ledger.take_frames(16);
+        assert_eq!(frames.ack_up_to, Some(5));
+        assert_eq!(frames.refusals, vec![(6, Settle::DeadLetter)]);
+        settle(&mut ledger, [7]);
+        assert_eq!(ledger.take_frames(16).ack_up_to, Some(7));
     }
 }

@@ -1,15 +1,13 @@
 //! The per-task path, in one place:
 //! **decode → look up InstancePre → instantiate → run → publish result (confirmed) → ack**.
 //!
-//! The consumer's task decodes and registers the delivery; an executor thread looks the module
-//! up, instantiates, runs, and publishes the result itself — the publish frames are queued
-//! before the thread moves on — then hands the pending confirm to the session's
-//! [`Settler`](super::settler::Settler), which acks once the broker confirmed (acks coalesced by
-//! [`super::acks`]). No task waits for another's confirm, and a task crosses threads only where
-//! it must: into the executor, and the confirm back. If the connection dies first, the delivery
-//! is unacked and the broker redelivers it (the task is simply redone: at-least-once).
-
-use std::task::{Context, Poll, Waker};
+//! A lane ([`super::lanes`]) takes a delivery off the consumer and carries it through every
+//! step here on its own thread; the publish frames are queued before it moves on, and only the
+//! pending confirm goes to the session's [`Settler`], which acks once the broker confirmed
+//! (acks coalesced by [`super::acks`]). No task waits for another's confirm, and a task crosses
+//! threads only where it must: its confirm back to the settler. If the connection dies first,
+//! the delivery is unacked and the broker redelivers it (the task is simply redone:
+//! at-least-once).
 
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
@@ -24,10 +22,10 @@ use super::settler::{Publishing, Settler};
 use super::Worker;
 use crate::metrics;
 
-/// Starts one delivery: call from the consumer's task, in arrival order.
-pub fn start(worker: &Worker, publisher: &Channel, settler: &Settler, delivery: Delivery) {
+/// Carries one delivery from the consumer to its published result, on the calling lane.
+pub fn carry(worker: &Worker, publisher: &Channel, settler: &Settler, delivery: Delivery) {
     let tag = delivery.delivery_tag;
-    settler.received(tag);
+    settler.received();
     // 1. decode
     let task: Task = match decode(&delivery.data, worker.max_message_bytes) {
         Ok(task) => task,
@@ -45,20 +43,17 @@ pub fn start(worker: &Worker, publisher: &Channel, settler: &Settler, delivery: 
         .clone()
         .unwrap_or_else(|| worker.topology.results.as_str().into());
     drop(delivery);
-    let (publisher, settler) = (publisher.clone(), settler.clone());
-    // 2.–4. look up, instantiate, run: on an executor thread, which goes on from there
-    worker.execute_then(task, attempt, move |result| {
-        metrics::record_result(&result);
-        debug!(task_id = %result.task_id, outcome = result.outcome.label(), "task finished");
-        // 5. publish (queued now), 6. ack once confirmed
-        let publishing = publish(publisher, routing_key, &result);
-        settler.publishing(tag, result.task_id, publishing);
-    });
+    // 2.–4. look up, instantiate, run: here, on this lane
+    let result = worker.execute(task, attempt);
+    metrics::record_result(&result);
+    debug!(task_id = %result.task_id, outcome = result.outcome.label(), "task finished");
+    // 5. publish (queued now), 6. ack once confirmed
+    let publishing = publish(publisher.clone(), routing_key, &result);
+    settler.publishing(tag, result.task_id, publishing);
 }
 
-/// Publishes `result` to `routing_key` via the default exchange. The frames are queued before
-/// this returns (the future is polled once here); the returned future resolves to whether the
-/// broker confirmed the result.
+/// The publish of `result` to `routing_key` via the default exchange: its first poll (by the
+/// settler, at once) queues the frames; it resolves to whether the broker confirmed the result.
 fn publish(publisher: Channel, routing_key: ShortString, result: &TaskResult) -> Publishing {
     let id: ShortString = result.task_id.to_string().into();
     let properties = BasicProperties::default()
@@ -68,7 +63,7 @@ fn publish(publisher: Channel, routing_key: ShortString, result: &TaskResult) ->
         .with_timestamp(unix_now_ns() / 1_000_000_000)
         .with_delivery_mode(2);
     let payload = encode(result);
-    let mut publishing: Publishing = Box::pin(async move {
+    Box::pin(async move {
         let confirm = publisher
             .basic_publish(
                 "".into(),
@@ -79,16 +74,7 @@ fn publish(publisher: Channel, routing_key: ShortString, result: &TaskResult) ->
             )
             .await?;
         Ok(confirm.await?.is_ack())
-    });
-    // The first poll runs up to "frames queued, I/O thread woken"; whoever polls next (the
-    // settler) registers the waker that matters.
-    match publishing
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(done) => Box::pin(std::future::ready(done)),
-        Poll::Pending => publishing,
-    }
+    })
 }
 
 /// Delivery attempt from 1: quorum queues count earlier deliveries in `x-delivery-count`.

@@ -8,12 +8,14 @@
 //! # Layout
 //! - queue names and declarations: [`warren_schemas::topology`], shared with the producer.
 //! - `session`: one connection's life — declare, QoS, consume, drain.
+//! - `lanes`: the threads that take deliveries and carry each to its result.
 //! - `delivery`: the per-task path (decode → run → publish confirmed → ack).
 //! - `settler`: waits for a session's publisher confirms and settles deliveries.
 //! - `acks`: the rules for coalescing acks safely.
 
 mod acks;
 mod delivery;
+mod lanes;
 mod session;
 mod settler;
 
@@ -38,6 +40,7 @@ use crate::runner::{default_worker_id, TaskRunner};
 use crate::sandbox::Sandbox;
 use crate::watch::watch_modules;
 use crate::{metrics, ModuleSource, SandboxConfig};
+use lanes::Lanes;
 pub use warren_schemas::Topology;
 
 /// Arguments of `warren-worker run`.
@@ -55,8 +58,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub topology: Topology,
 
-    /// Deliveries the broker may send before acks (per consumer). Default: 32 per executor
-    /// thread. Tasks beyond the running ones wait for a thread or for their result's confirm;
+    /// Deliveries the broker may send before acks (per consumer). Default: 32 per lane
+    /// thread. Tasks beyond the running ones wait for a lane or for their result's confirm;
     /// they hold no pool slot (instances exist only while a thread runs them), so a large
     /// prefetch cannot exhaust the pool; it only keeps the broker round trip and the publisher
     /// confirm latency off the critical path. Memory bound: prefetch × --max-message.
@@ -100,7 +103,7 @@ pub struct RunArgs {
     pub test_crash_on_module: Option<String>,
 }
 
-/// Default deliveries outstanding per executor thread: enough to hide a broker round trip plus a
+/// Default deliveries outstanding per lane: enough to hide a broker round trip plus a
 /// publisher confirm (a few ms here) behind tasks of a few µs.
 pub const PREFETCH_PER_THREAD: usize = 32;
 
@@ -159,7 +162,7 @@ pub async fn run(
             warn!("--null-executor: tasks are answered without running them (benchmark mode)");
             Execute::Null(runner_id.clone())
         } else {
-            Execute::Sandbox(TaskRunner::start(registry, runner_id.clone())?)
+            Execute::Sandbox(TaskRunner::new(registry, runner_id.clone()))
         },
         runner_id,
         amqp_url: args.amqp_url,
@@ -171,6 +174,9 @@ pub async fn run(
         crash_on_module: args.test_crash_on_module,
     });
 
+    // One lane per pool slot: each runs one guest at a time.
+    let lanes = Lanes::start(&worker, concurrency).context("cannot start the lane threads")?;
+
     let signal = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -180,7 +186,7 @@ pub async fn run(
     let mut backoff = Backoff::default();
     let url = redact(&worker.amqp_url);
     loop {
-        match session::serve(&worker, &stop).await {
+        match session::serve(&worker, &lanes, &stop).await {
             Ok(session::SessionEnd::Stopped) => break,
             Ok(session::SessionEnd::ConsumerEnded) => {
                 warn!(broker = %url, "consumer cancelled by the broker; registering again");
@@ -213,21 +219,15 @@ enum Execute {
 }
 
 impl Worker {
-    /// Runs `task` (delivery attempt `attempt`) and hands its result to `then`, on the
-    /// executor thread that ran it (the null executor: right here).
-    fn execute_then(
-        &self,
-        task: Task,
-        attempt: u32,
-        then: impl FnOnce(TaskResult) + Send + 'static,
-    ) {
+    /// Runs `task` (delivery attempt `attempt`) to its result on the calling lane.
+    fn execute(&self, task: Task, attempt: u32) -> TaskResult {
         if self.crash_on_module.as_deref() == Some(task.module.name.as_str()) {
             tracing::error!(task_id = %task.id, "--test-crash-on-module: aborting the process");
             std::process::abort();
         }
         match &self.execute {
-            Execute::Sandbox(runner) => runner.run_then(task, attempt, then),
-            Execute::Null(worker_id) => then(null_result(task, attempt, worker_id)),
+            Execute::Sandbox(runner) => runner.run_here(task, attempt),
+            Execute::Null(worker_id) => null_result(task, attempt, worker_id),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! One broker session: connect, declare, consume until the connection or consumer ends or the
-//! worker is asked to stop; then, when stopping, drain.
+//! One broker session: connect, declare, consume — the lanes take the deliveries — until the
+//! connection or consumer ends or the worker is asked to stop; then, when stopping, drain.
 //!
 //! lapin's automatic recovery does not re-apply `basic_qos` and a consumer cancelled by the
 //! broker simply ends, so warren owns the reconnect path: every session starts from a fresh
@@ -8,8 +8,8 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
-use futures_lite::StreamExt;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
@@ -18,8 +18,9 @@ use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::lanes::{FeedEnd, Lanes};
 use super::settler::Settler;
-use super::{delivery, Worker};
+use super::Worker;
 
 /// How a session ended.
 #[derive(Debug)]
@@ -31,7 +32,11 @@ pub enum SessionEnd {
 }
 
 /// Runs one session. Errors mean the connection failed or was lost.
-pub async fn serve(worker: &Arc<Worker>, stop: &CancellationToken) -> lapin::Result<SessionEnd> {
+pub async fn serve(
+    worker: &Arc<Worker>,
+    lanes: &Lanes,
+    stop: &CancellationToken,
+) -> lapin::Result<SessionEnd> {
     // Named, so operators can tell workers apart in the management UI and `rabbitmqctl`.
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("warren-worker {}", worker.runner_id).into());
@@ -47,7 +52,7 @@ pub async fn serve(worker: &Arc<Worker>, stop: &CancellationToken) -> lapin::Res
         .basic_qos(worker.prefetch, BasicQosOptions { global: false })
         .await?;
     let tag = format!("warren-{}", worker.runner_id);
-    let mut consumer = consume
+    let consumer = consume
         .basic_consume(
             worker.topology.tasks.as_str().into(),
             tag.as_str().into(),
@@ -59,22 +64,19 @@ pub async fn serve(worker: &Arc<Worker>, stop: &CancellationToken) -> lapin::Res
     info!(queue = %worker.topology.tasks, prefetch = worker.prefetch, "consuming");
 
     let (settler, mut settling) = Settler::start(consume.clone(), worker.prefetch);
-    let end = loop {
-        tokio::select! {
-            () = stop.cancelled() => break Ok(SessionEnd::Stopped),
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => delivery::start(worker, &publish, &settler, delivery),
-                Some(Err(error)) => break Err(error),
-                None => break Ok(SessionEnd::ConsumerEnded),
-            },
-        }
+    let over = stop.child_token();
+    let feed = lanes.feed(consumer, publish.clone(), settler, over);
+    let end = match feed.ended().await {
+        FeedEnd::Over => Ok(SessionEnd::Stopped),
+        FeedEnd::ConsumerEnded => Ok(SessionEnd::ConsumerEnded),
+        FeedEnd::Failed(error) => Err(error),
     };
-    drop(settler);
     worker.consuming.store(false, Ordering::Relaxed);
 
     match end {
         Ok(SessionEnd::Stopped) => {
-            // Ordered shutdown: stop consuming → finish in flight (publish, confirm, ack) → close.
+            // Ordered shutdown: stop consuming → finish in flight (run, publish, confirm, ack) →
+            // close.
             if let Err(error) = consume
                 .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                 .await
@@ -82,8 +84,12 @@ pub async fn serve(worker: &Arc<Worker>, stop: &CancellationToken) -> lapin::Res
                 warn!(%error, "could not cancel the consumer");
             }
             info!(deadline = ?worker.drain_timeout, "draining");
-            let abandoned = settling.drained(worker.drain_timeout).await;
-            if abandoned > 0 {
+            let deadline = Instant::now() + worker.drain_timeout;
+            let lanes_done = feed.left(deadline).await;
+            let abandoned = settling
+                .drained(deadline.saturating_duration_since(Instant::now()))
+                .await;
+            if abandoned > 0 || !lanes_done {
                 warn!(
                     abandoned,
                     "drain deadline reached; unfinished tasks will be redelivered"

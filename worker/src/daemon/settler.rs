@@ -1,26 +1,29 @@
 //! The async end of a session's deliveries: waits for each result's publisher confirm and
 //! settles the delivery (ack, requeue or dead-letter), coalescing acks by [`super::acks`]' rules.
 //!
-//! Why one task does this for everybody: an executor thread publishes its task's result itself
-//! (the frames are queued at once, see [`super::delivery`]) and hands the pending confirm over
-//! here, instead of waking an async task per delivery to do it. One task waiting for many
-//! confirms is woken once per burst of confirms, not once per task, and it is also the only
-//! writer of acks, so their order is safe by construction.
+//! Why one task does this for everybody: a lane publishes its task's result itself (the frames
+//! are queued at once, see [`super::delivery`]) and leaves the pending confirm here, instead of
+//! waking an async task per delivery to do it. Leaving it wakes nobody: the lane puts it in an
+//! inbox and polls it once with a waker that wakes the settling task, so the task is woken by
+//! the broker's confirm itself — once per burst of confirms, not once per task. It is also the
+//! only writer of acks, so their order is safe by construction.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::AtomicWaker;
 use lapin::Channel;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::warn;
 use warren_schemas::TaskId;
 
-use super::acks::{send, Event, Ledger, Settle, HELD_ACKS_LIMIT_DIVISOR};
+use super::acks::{send, Ledger, Settle, HELD_ACKS_LIMIT_DIVISOR};
 use crate::metrics;
 
 /// A result's publish, already on its way to the broker: resolves to whether the broker
@@ -28,27 +31,85 @@ use crate::metrics;
 pub type Publishing = Pin<Box<dyn Future<Output = lapin::Result<bool>> + Send>>;
 
 enum Message {
-    Ledger(Event),
-    Publishing(u64, TaskId, Publishing),
+    Settled(u64, Settle),
     /// Stop waiting: send what is settled and end.
     Finish,
     /// The connection is gone: end without sending anything.
     Abandon,
 }
 
-/// The sending side, cloned into whatever finishes a delivery (executor threads included).
-#[derive(Clone)]
+/// The sending side, shared by the lanes.
 pub struct Settler {
     messages: mpsc::UnboundedSender<Message>,
-    /// Registered and not settled: counted up by the sender, so a drain never misses a
-    /// registration still on its way to the settling task.
-    unsettled: Arc<AtomicUsize>,
+    unsettled: Arc<Unsettled>,
+    inbox: Arc<Inbox>,
+    /// Wakes the settling task (see [`Inbox`]).
+    wake_settling: Waker,
+}
+
+/// Confirms left by the lanes, and the settling task's waker. A lane polls a confirm once with
+/// a waker that wakes the settling task and leaves it here, both under the lock the settling
+/// task takes to empty the inbox, so a confirm that resolves at once cannot wake the task
+/// before it is there to be found.
+#[derive(Default)]
+struct Inbox {
+    confirms: Mutex<Vec<(u64, TaskId, Publishing)>>,
+    settling: AtomicWaker,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, Vec<(u64, TaskId, Publishing)>> {
+        self.confirms.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Wake for Inbox {
+    fn wake(self: Arc<Self>) {
+        self.settling.wake();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.settling.wake();
+    }
+}
+
+/// Deliveries taken and not settled yet: counted up by the lanes themselves, so a drain never
+/// misses one still on its way to the settling task. Once the settling task has ended, the
+/// count is closed: deliveries a lane takes after that are not counted (nor in the in-flight
+/// gauge), since nobody would ever count them down.
+#[derive(Default)]
+struct Unsettled(AtomicUsize);
+
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
+impl Unsettled {
+    /// Counts one up, unless closed; says whether it did.
+    fn add(&self) -> bool {
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n & CLOSED == 0).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn sub(&self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst) & !CLOSED
+    }
+
+    /// Closes the count and returns what was still counted.
+    fn close(&self) -> usize {
+        self.0.fetch_or(CLOSED, Ordering::SeqCst) & !CLOSED
+    }
 }
 
 /// The session's handle on the settling task.
 pub struct Settling {
     messages: mpsc::UnboundedSender<Message>,
-    unsettled: Arc<AtomicUsize>,
+    unsettled: Arc<Unsettled>,
     /// Bumped whenever the settling task settled something.
     progress: watch::Receiver<()>,
     task: JoinHandle<()>,
@@ -59,17 +120,20 @@ impl Settler {
     pub fn start(channel: Channel, prefetch: u16) -> (Settler, Settling) {
         let (messages, receiver) = mpsc::unbounded_channel();
         let (progress_tx, progress) = watch::channel(());
-        let unsettled = Arc::new(AtomicUsize::new(0));
+        let unsettled = Arc::new(Unsettled::default());
         let held_limit = (usize::from(prefetch) / HELD_ACKS_LIMIT_DIVISOR).max(1);
+        let inbox = Arc::new(Inbox::default());
         let task = tokio::spawn(settle_loop(
             channel,
-            receiver,
+            (receiver, inbox.clone()),
             (unsettled.clone(), progress_tx),
             held_limit,
         ));
         let settler = Settler {
             messages: messages.clone(),
             unsettled: unsettled.clone(),
+            wake_settling: Waker::from(inbox.clone()),
+            inbox,
         };
         let settling = Settling {
             messages,
@@ -80,28 +144,34 @@ impl Settler {
         (settler, settling)
     }
 
-    /// Registers a delivery; call in arrival order, before anything can settle it.
-    pub fn received(&self, delivery_tag: u64) {
-        metrics::in_flight(1.0);
-        self.unsettled.fetch_add(1, Ordering::SeqCst);
-        let _ = self
-            .messages
-            .send(Message::Ledger(Event::Received(delivery_tag)));
+    /// Counts a delivery taken off the consumer; call before anything can settle it.
+    pub fn received(&self) {
+        if self.unsettled.add() {
+            metrics::in_flight(1.0);
+        }
     }
 
     /// Settles a delivery now (one that needs no publish: undecodable).
     pub fn settle(&self, delivery_tag: u64, how: Settle) {
-        let _ = self
-            .messages
-            .send(Message::Ledger(Event::Settled(delivery_tag, how)));
+        let _ = self.messages.send(Message::Settled(delivery_tag, how));
     }
 
     /// Acks the delivery once `publishing` is confirmed; requeues it if the broker nacks the
     /// result or the publish fails.
-    pub fn publishing(&self, delivery_tag: u64, task_id: TaskId, publishing: Publishing) {
-        let _ = self
-            .messages
-            .send(Message::Publishing(delivery_tag, task_id, publishing));
+    /// `publishing` is polled here once, which queues its frames.
+    pub fn publishing(&self, delivery_tag: u64, task_id: TaskId, mut publishing: Publishing) {
+        let mut inbox = self.inbox.lock();
+        let polled = publishing
+            .as_mut()
+            .poll(&mut Context::from_waker(&self.wake_settling));
+        match polled {
+            Poll::Pending => inbox.push((delivery_tag, task_id, publishing)),
+            Poll::Ready(done) => {
+                // Nothing will wake the settling task for this one: do it now.
+                inbox.push((delivery_tag, task_id, Box::pin(std::future::ready(done))));
+                self.wake_settling.wake_by_ref();
+            }
+        }
     }
 }
 
@@ -110,11 +180,9 @@ impl Settling {
     /// are still running.
     pub async fn drained(&mut self, timeout: Duration) -> usize {
         let unsettled = &self.unsettled;
-        let all_settled = self
-            .progress
-            .wait_for(|()| unsettled.load(Ordering::SeqCst) == 0);
+        let all_settled = self.progress.wait_for(|()| unsettled.count() == 0);
         let _ = tokio::time::timeout(timeout, all_settled).await;
-        unsettled.load(Ordering::SeqCst)
+        unsettled.count()
     }
 
     /// Sends what is settled and ends; deliveries not settled by then are left to the broker.
@@ -132,55 +200,54 @@ impl Settling {
 
 async fn settle_loop(
     channel: Channel,
-    mut messages: mpsc::UnboundedReceiver<Message>,
-    (unsettled, progress): (Arc<AtomicUsize>, watch::Sender<()>),
+    (mut messages, inbox): (mpsc::UnboundedReceiver<Message>, Arc<Inbox>),
+    (unsettled, progress): (Arc<Unsettled>, watch::Sender<()>),
     held_limit: usize,
 ) {
-    let settled = |ledger: &mut Ledger, event: Event| {
-        if let Event::Settled(..) = event {
-            metrics::in_flight(-1.0);
-            unsettled.fetch_sub(1, Ordering::SeqCst);
-        }
-        ledger.apply(event);
+    let settled = |ledger: &mut Ledger, tag: u64, how: Settle| {
+        metrics::in_flight(-1.0);
+        unsettled.sub();
+        ledger.settle(tag, how);
     };
+    // Whatever is still counted when this task ends is given back to the broker.
+    let close = || metrics::in_flight(-(unsettled.close() as f64));
     let mut ledger = Ledger::default();
     let mut confirms = FuturesUnordered::new();
     let mut warned = false;
     loop {
-        tokio::select! {
-            message = messages.recv() => {
-                let Some(message) = message else { break };
-                let mut end = None;
-                // Take whatever else is already waiting into the same frames.
-                let mut next = Some(message);
-                while let Some(message) = next.take().or_else(|| messages.try_recv().ok()) {
-                    match message {
-                        Message::Ledger(event) => settled(&mut ledger, event),
-                        Message::Publishing(tag, task_id, publishing) => {
-                            confirms.push(async move { (tag, task_id, publishing.await) });
-                        }
-                        Message::Finish => end = Some(true),
-                        Message::Abandon => end = Some(false),
-                    }
-                }
-                match end {
-                    Some(true) => break,
-                    Some(false) => {
-                        metrics::in_flight(-(ledger.running() as f64));
-                        return;
-                    }
-                    None => {}
+        // Wait until something happened; take everything that did into the same frames.
+        let end = poll_fn(|cx| {
+            inbox.settling.register(cx.waker());
+            let mut happened = false;
+            for (tag, task_id, publishing) in inbox.lock().drain(..) {
+                confirms.push(async move { (tag, task_id, publishing.await) });
+            }
+            while let Poll::Ready(message) = messages.poll_recv(cx) {
+                happened = true;
+                match message {
+                    Some(Message::Settled(tag, how)) => settled(&mut ledger, tag, how),
+                    Some(Message::Finish) | None => return Poll::Ready(Some(true)),
+                    Some(Message::Abandon) => return Poll::Ready(Some(false)),
                 }
             }
-            Some((tag, task_id, confirmed)) = confirms.next(), if !confirms.is_empty() => {
-                settled(&mut ledger, Event::Settled(tag, settlement(task_id, confirmed)));
-                // Every confirm that is already in counts toward the same frames.
-                while let Some(Some((tag, task_id, confirmed))) =
-                    futures_util::FutureExt::now_or_never(confirms.next())
-                {
-                    settled(&mut ledger, Event::Settled(tag, settlement(task_id, confirmed)));
-                }
+            while let Poll::Ready(Some((tag, task_id, confirmed))) = confirms.poll_next_unpin(cx) {
+                happened = true;
+                settled(&mut ledger, tag, settlement(task_id, confirmed));
             }
+            if happened {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        match end {
+            Some(true) => break,
+            Some(false) => {
+                close();
+                return;
+            }
+            None => {}
         }
         let frames = ledger.take_frames(held_limit);
         if let Err(error) = send(&channel, frames).await {
@@ -193,7 +260,7 @@ async fn settle_loop(
     }
     // Deliveries still running were abandoned (drain deadline); the finished ones held above
     // them still get their acks.
-    metrics::in_flight(-(ledger.running() as f64));
+    close();
     if let Err(error) = send(&channel, ledger.take_frames(1)).await {
         if !warned {
             warn!(%error, "could not settle deliveries; the broker will redeliver them");

@@ -4,7 +4,7 @@
 //! which a guest turns into a panic or an exit code of its own choosing; we could not tell that
 //! from a real failure. This capture instead decides at the cap:
 //! - [`OverflowPolicy::Fail`] (stdout) stops the guest with [`OutputLimitExceeded`], which the
-//!   executor reports as the `OutputLimitExceeded` outcome;
+//!   sandbox reports as the `OutputLimitExceeded` outcome;
 //! - [`OverflowPolicy::Truncate`] (stderr) keeps the first bytes, drops the rest and remembers
 //!   that it did, so a chatty guest still finishes.
 

@@ -1,7 +1,7 @@
 //! `poll_oneoff`, the one WASI call that can block, bounded by the task's wall-clock deadline.
 //!
 //! wasmtime-wasi implements a guest's `sleep` as a real timer inside a `block_on`; the epoch
-//! deadline cannot interrupt it, so `sleep(1 day)` would hold an executor thread for a day. A
+//! deadline cannot interrupt it, so `sleep(1 day)` would hold a lane (and its pool slot) for a day. A
 //! sandboxed command here has only stdin (an in-memory pipe), stdout and stderr (in-memory
 //! captures), which are always ready, so a complete `poll_oneoff` is small: fd subscriptions on
 //! 0/1/2 are ready at once, clock subscriptions sleep — but never past the task's deadline, where

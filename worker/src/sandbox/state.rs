@@ -22,7 +22,7 @@ pub struct SandboxState {
 ///
 /// A refused growth is not an error to the guest: `memory.grow` returns -1 as the spec says, and
 /// a guest that copes (C's `malloc` returning NULL) may go on. Most guests abort instead; the
-/// `limit_hit` flag lets the executor report that abort as "memory limit exceeded" rather than
+/// `limit_hit` flag lets the sandbox report that abort as "memory limit exceeded" rather than
 /// as an anonymous trap.
 #[derive(Debug)]
 pub struct TaskLimiter {
