@@ -20,6 +20,7 @@
 
 use std::collections::BTreeSet;
 
+use futures_util::FutureExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::Channel;
 
@@ -105,40 +106,54 @@ impl Ledger {
     }
 }
 
-/// Sends `frames` in their order.
-pub async fn send(channel: &Channel, frames: Frames) -> lapin::Result<()> {
-    for (tag, how) in frames.refusals {
-        match how {
-            Settle::DeadLetter => {
-                channel
-                    .basic_reject(tag, BasicRejectOptions { requeue: false })
-                    .await?
-            }
-            Settle::Requeue => {
-                channel
-                    .basic_nack(
-                        tag,
-                        BasicNackOptions {
-                            requeue: true,
-                            multiple: false,
-                        },
-                    )
-                    .await?
-            }
-            Settle::Ack => unreachable!("acks are never refusals"),
+/// Queues `frames` on the channel, in their order, without waiting for them to be written.
+///
+/// lapin queues a method's frame when its future is first polled and resolves the future once
+/// the frame is on the socket; waiting for that would wake the settling task a second time per
+/// burst for nothing. The channel writes its frames in the order they were queued, so the
+/// order rules above hold, and a frame the connection loses before writing it leaves its
+/// delivery unacked, which the broker redelivers. The error is the first one lapin reports at
+/// once (the channel is closed).
+pub fn queue(channel: &Channel, frames: Frames) -> lapin::Result<()> {
+    let mut first_error = None;
+    let mut queued = |sent: Option<lapin::Result<()>>| {
+        if let Some(Err(error)) = sent {
+            first_error.get_or_insert(error);
         }
+    };
+    for (tag, how) in frames.refusals {
+        let sent = match how {
+            Settle::DeadLetter => channel
+                .basic_reject(tag, BasicRejectOptions { requeue: false })
+                .now_or_never(),
+            Settle::Requeue => channel
+                .basic_nack(
+                    tag,
+                    BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    },
+                )
+                .now_or_never(),
+            Settle::Ack => unreachable!("acks are never refusals"),
+        };
+        queued(sent);
     }
     if let Some(tag) = frames.ack_up_to {
-        channel
-            .basic_ack(tag, BasicAckOptions { multiple: true })
-            .await?;
+        queued(
+            channel
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+                .now_or_never(),
+        );
     }
     for tag in frames.single_acks {
-        channel
-            .basic_ack(tag, BasicAckOptions { multiple: false })
-            .await?;
+        queued(
+            channel
+                .basic_ack(tag, BasicAckOptions { multiple: false })
+                .now_or_never(),
+        );
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

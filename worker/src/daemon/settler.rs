@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 use warren_schemas::TaskId;
 
-use super::acks::{send, Ledger, Settle, HELD_ACKS_LIMIT_DIVISOR};
+use super::acks::{queue, Ledger, Settle, HELD_ACKS_LIMIT_DIVISOR};
 use crate::metrics;
 
 /// A result's publish, already on its way to the broker: resolves to whether the broker
@@ -250,7 +250,7 @@ async fn settle_loop(
             None => {}
         }
         let frames = ledger.take_frames(held_limit);
-        if let Err(error) = send(&channel, frames).await {
+        if let Err(error) = queue(&channel, frames) {
             if !warned {
                 warn!(%error, "could not settle deliveries; the broker will redeliver them");
                 warned = true;
@@ -261,7 +261,7 @@ async fn settle_loop(
     // Deliveries still running were abandoned (drain deadline); the finished ones held above
     // them still get their acks.
     close();
-    if let Err(error) = send(&channel, ledger.take_frames(1)).await {
+    if let Err(error) = queue(&channel, ledger.take_frames(1)) {
         if !warned {
             warn!(%error, "could not settle deliveries; the broker will redeliver them");
         }
