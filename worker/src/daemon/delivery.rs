@@ -9,6 +9,8 @@
 //! the delivery is unacked and the broker redelivers it (the task is simply redone:
 //! at-least-once).
 
+use std::sync::Arc;
+
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, ShortString};
@@ -23,7 +25,7 @@ use super::Worker;
 use crate::metrics;
 
 /// Carries one delivery from the consumer to its published result, on the calling lane.
-pub fn carry(worker: &Worker, publisher: &Channel, settler: &Settler, delivery: Delivery) {
+pub fn carry(worker: &Worker, publisher: &Arc<Channel>, settler: &Settler, delivery: Delivery) {
     let tag = delivery.delivery_tag;
     settler.received();
     // 1. decode
@@ -54,7 +56,7 @@ pub fn carry(worker: &Worker, publisher: &Channel, settler: &Settler, delivery: 
 
 /// The publish of `result` to `routing_key` via the default exchange: its first poll (by the
 /// settler, at once) queues the frames; it resolves to whether the broker confirmed the result.
-fn publish(publisher: Channel, routing_key: ShortString, result: &TaskResult) -> Publishing {
+fn publish(publisher: Arc<Channel>, routing_key: ShortString, result: &TaskResult) -> Publishing {
     let id: ShortString = result.task_id.to_string().into();
     let properties = BasicProperties::default()
         .with_message_id(id.clone())

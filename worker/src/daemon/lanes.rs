@@ -66,7 +66,8 @@ pub enum FeedEnd {
 /// One session's consumption, shared by every lane while the session lasts.
 pub struct Feed {
     consumer: Consumer,
-    publisher: Channel,
+    /// Shared, not cloned per task: a lapin `Channel` clone is a dozen reference counts.
+    publisher: Arc<Channel>,
     settler: Settler,
     /// Cancelled when the session ends: lanes stop taking deliveries.
     over: CancellationToken,
@@ -122,7 +123,7 @@ impl Lanes {
     ) -> Arc<Feed> {
         let feed = Arc::new(Feed {
             consumer,
-            publisher,
+            publisher: Arc::new(publisher),
             settler,
             over,
             end: Mutex::new(None),
