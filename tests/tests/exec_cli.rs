@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use warren_tests::{binary, modules_dir, repo_root};
+use warren_tests::{binary, modules_dir, repo_root, test_guest};
 
 fn exec(args: &[&str], stdin: &[u8]) -> Output {
     let cache = tempfile::tempdir().unwrap();
@@ -126,4 +126,21 @@ fn an_impossible_pool_fails_startup_naming_the_knob() {
     let message = stderr(&output);
     assert!(message.contains("--max-concurrent-tasks"), "{message}");
     assert!(message.contains("--memory-reservation"), "{message}");
+}
+
+/// A guest may use all the call stack `--max-wasm-stack` grants, and that stack is the host
+/// thread's own: with a cap far above a default thread stack (2 MiB), unbounded recursion must
+/// still end as a stack-overflow trap, not overflow the host thread and kill the process. The
+/// daemon's lanes are sized by the same rule (`SandboxConfig::guest_thread_stack`).
+#[test]
+fn a_wasm_stack_cap_above_the_thread_default_traps_instead_of_crashing() {
+    let guest = test_guest("deep_native_recursion.wat");
+    let output = exec(&["--max-wasm-stack", "16MiB", guest.to_str().unwrap()], b"");
+    let stderr = stderr(&output);
+    assert!(
+        output.status.code().is_some(),
+        "the worker was killed: {:?}\n{stderr}",
+        output.status
+    );
+    assert!(stderr.contains("stack overflow"), "{stderr}");
 }

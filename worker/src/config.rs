@@ -36,6 +36,9 @@ pub const DEFAULT_TABLE_ELEMENTS: usize = 20_000;
 pub const DEFAULT_MAX_CORE_INSTANCE_SIZE: u64 = 1 << 20;
 /// Default guest call-stack cap: 512 KiB (deeper recursion traps as a stack overflow).
 pub const DEFAULT_MAX_WASM_STACK: u64 = 512 << 10;
+/// Host stack a guest-running thread has beyond `--max-wasm-stack`: the host frames below and
+/// around the guest's (WASI calls, trap handling). Guests run on the thread's own stack.
+pub const HOST_STACK_HEADROOM: u64 = 1 << 20;
 /// Default dirty memory reset in place per freed slot: 64 KiB (see `keep_resident`).
 pub const DEFAULT_KEEP_RESIDENT: u64 = 64 << 10;
 /// Default epoch tick: 10 ms. Deadlines are rounded up to whole ticks.
@@ -123,6 +126,14 @@ impl SandboxConfig {
         self.max_concurrent_tasks
             .unwrap_or_else(num_cpus::get)
             .max(1)
+    }
+
+    /// Stack size for a thread that runs guests: `--max-wasm-stack` plus the host's headroom,
+    /// so a guest that uses its whole cap traps as a stack overflow instead of overflowing
+    /// the thread (which would kill the process).
+    pub fn guest_thread_stack(&self) -> usize {
+        usize::try_from(self.max_wasm_stack.saturating_add(HOST_STACK_HEADROOM))
+            .unwrap_or(usize::MAX)
     }
 }
 

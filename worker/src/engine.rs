@@ -16,7 +16,7 @@ use std::thread;
 
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::config::SandboxConfig;
+use crate::config::{SandboxConfig, HOST_STACK_HEADROOM};
 
 /// Why the engine could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,13 @@ pub fn build_engine(config: &SandboxConfig, allocation: Allocation) -> Result<En
         .memory_guard_size(config.memory_guard)
         // Growing in place inside the reservation: no moving memories, no extra reservation.
         .memory_reservation_for_growth(0)
-        .max_wasm_stack(to_usize(config.max_wasm_stack, "--max-wasm-stack")?);
+        .max_wasm_stack(to_usize(config.max_wasm_stack, "--max-wasm-stack")?)
+        // Guests run on the caller's thread, never on async fibers, but wasmtime still refuses
+        // a wasm stack larger than the (unused) fiber stack: keep the two in step.
+        .async_stack_size(to_usize(
+            config.max_wasm_stack.saturating_add(HOST_STACK_HEADROOM),
+            "--max-wasm-stack",
+        )?);
     if allocation == Allocation::Pooled {
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(
             config, slots,

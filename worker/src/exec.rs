@@ -65,8 +65,18 @@ pub fn run_exec(args: ExecArgs) -> anyhow::Result<i32> {
     let mut task = Task::new(module, input);
     task.args = args.args;
     task.env = args.env;
+    let guest_stack = registry.sandbox().config().guest_thread_stack();
     let runner = TaskRunner::new(registry, default_worker_id());
-    let result = runner.run_here(task, 1);
+    // On a thread of its own, sized for the guest's stack cap as the daemon's lanes are.
+    let result = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("warren-exec".into())
+            .stack_size(guest_stack)
+            .spawn_scoped(scope, || runner.run_here(task, 1))
+            .context("cannot start the thread that runs the task")?
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread that ran the task panicked"))
+    })?;
     report(&result)?;
     if let Outcome::ModuleNotFound { .. } = result.outcome {
         let names: Vec<String> = runner

@@ -91,8 +91,9 @@ struct IdleLanes {
 }
 
 impl Lanes {
-    /// Starts `count` lanes for `worker`; call from inside the tokio runtime.
-    pub fn start(worker: &Arc<Worker>, count: usize) -> std::io::Result<Lanes> {
+    /// Starts `count` lanes for `worker`, each with a `stack_size` stack (guests run on it: see
+    /// [`crate::SandboxConfig::guest_thread_stack`]); call from inside the tokio runtime.
+    pub fn start(worker: &Arc<Worker>, count: usize, stack_size: usize) -> std::io::Result<Lanes> {
         let runtime = tokio::runtime::Handle::current();
         let lanes = (0..count.max(1))
             .map(|i| {
@@ -100,6 +101,7 @@ impl Lanes {
                 let (worker, runtime) = (worker.clone(), runtime.clone());
                 thread::Builder::new()
                     .name(format!("warren-lane-{i}"))
+                    .stack_size(stack_size)
                     .spawn(move || {
                         let _context = runtime.enter();
                         for feed in feeds {

@@ -131,6 +131,7 @@ pub async fn run(
         Some(0) => anyhow::bail!("--prefetch must be at least 1"),
         Some(p) => p,
     };
+    let lane_stack = args.sandbox.guest_thread_stack();
     let sandbox = Arc::new(Sandbox::new(args.sandbox, Allocation::Pooled)?);
     let registry = Arc::new(ModuleRegistry::new(sandbox, args.source.cache_dir()));
     let modules_dir = &args.source.modules_dir;
@@ -175,7 +176,8 @@ pub async fn run(
     });
 
     // One lane per pool slot: each runs one guest at a time.
-    let lanes = Lanes::start(&worker, concurrency).context("cannot start the lane threads")?;
+    let lanes =
+        Lanes::start(&worker, concurrency, lane_stack).context("cannot start the lane threads")?;
 
     let signal = stop.clone();
     tokio::spawn(async move {
