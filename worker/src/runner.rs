@@ -5,7 +5,7 @@
 //! local exec a module author tries is exactly what a queued task gets.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use tracing::error;
@@ -27,20 +27,43 @@ pub struct TaskRunner {
 /// size waits for a slot instead of finding the pool empty. The daemon's lanes never wait
 /// (there are as many lanes as slots); the gate is for every other caller.
 struct Slots {
-    free: Mutex<usize>,
+    state: Mutex<SlotCount>,
     freed: Condvar,
 }
 
+struct SlotCount {
+    free: usize,
+    /// Callers waiting for a slot: a freed slot signals the condvar only when there is one, so
+    /// the lanes (which never wait) pay an uncontended lock per task, not a futex wake.
+    waiting: usize,
+}
+
 impl Slots {
-    fn take(&self) -> SlotGuard<'_> {
-        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-        while *free == 0 {
-            free = self
-                .freed
-                .wait(free)
-                .unwrap_or_else(PoisonError::into_inner);
+    fn new(count: usize) -> Self {
+        Slots {
+            state: Mutex::new(SlotCount {
+                free: count,
+                waiting: 0,
+            }),
+            freed: Condvar::new(),
         }
-        *free -= 1;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotCount> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take(&self) -> SlotGuard<'_> {
+        let mut state = self.lock();
+        while state.free == 0 {
+            state.waiting += 1;
+            state = self
+                .freed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            state.waiting -= 1;
+        }
+        state.free -= 1;
         SlotGuard(self)
     }
 }
@@ -49,8 +72,11 @@ struct SlotGuard<'a>(&'a Slots);
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-        self.0.freed.notify_one();
+        let mut state = self.0.lock();
+        state.free += 1;
+        if state.waiting > 0 {
+            self.0.freed.notify_one();
+        }
     }
 }
 
@@ -73,10 +99,7 @@ enum Prepared {
 impl TaskRunner {
     /// A runner for `registry`'s modules, naming itself `worker_id` in results.
     pub fn new(registry: Arc<ModuleRegistry>, worker_id: impl Into<String>) -> Self {
-        let slots = Slots {
-            free: Mutex::new(registry.sandbox().config().concurrency()),
-            freed: Condvar::new(),
-        };
+        let slots = Slots::new(registry.sandbox().config().concurrency());
         TaskRunner {
             registry,
             worker_id: worker_id.into(),

@@ -146,34 +146,15 @@ fn raw_loop(
     let mut linker: Linker<WasiP1Ctx> = Linker::new(engine);
     add_to_linker_sync(&mut linker, |ctx| ctx)?;
     let pre = linker.instantiate_pre(module.pre.module())?;
-    let started = Instant::now();
-    let counts = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| -> anyhow::Result<u64> {
-                    let mut done = 0;
-                    while started.elapsed() < duration {
-                        let mut store = Store::new(engine, WasiCtxBuilder::new().build_p1());
-                        // The engine interrupts on epochs; this store must not be interrupted.
-                        store.set_epoch_deadline(u64::MAX / 2);
-                        let instance = pre.instantiate(&mut store)?;
-                        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-                        start.call(&mut store, ())?;
-                        done += 1;
-                    }
-                    Ok(done)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| bail!("raw loop thread panicked"))
-            })
-            .collect::<anyhow::Result<Vec<u64>>>()
-    })?;
-    Ok(counts.iter().sum::<u64>() as f64 / started.elapsed().as_secs_f64())
+    tasks_per_second(threads, duration, "raw loop", || {
+        let mut store = Store::new(engine, WasiCtxBuilder::new().build_p1());
+        // The engine interrupts on epochs; this store must not be interrupted.
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = pre.instantiate(&mut store)?;
+        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+        start.call(&mut store, ())?;
+        Ok(())
+    })
 }
 
 /// warren's path as a daemon lane takes it, on `threads` threads: decode the task message,
@@ -186,6 +167,25 @@ fn warren_loop(
     duration: Duration,
 ) -> anyhow::Result<f64> {
     let message = encode(&Task::new(module.parse::<ModuleRef>()?, Vec::new()));
+    tasks_per_second(threads, duration, "warren loop", || {
+        let task: Task = decode(&message, message.len())?;
+        let result = runner.run_here(task, 1);
+        if !result.outcome.is_success() {
+            bail!("benchmark task did not succeed: {}", result.outcome);
+        }
+        std::hint::black_box(encode(&result));
+        Ok(())
+    })
+}
+
+/// Runs `task` over and over on `threads` threads for `duration`; tasks per second, all threads
+/// together. `side` names the loop in errors.
+fn tasks_per_second(
+    threads: usize,
+    duration: Duration,
+    side: &str,
+    task: impl Fn() -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let counts = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
@@ -193,12 +193,7 @@ fn warren_loop(
                 scope.spawn(|| -> anyhow::Result<u64> {
                     let mut done = 0;
                     while started.elapsed() < duration {
-                        let task: Task = decode(&message, message.len())?;
-                        let result = runner.run_here(task, 1);
-                        if !result.outcome.is_success() {
-                            bail!("benchmark task did not succeed: {}", result.outcome);
-                        }
-                        std::hint::black_box(encode(&result));
+                        task()?;
                         done += 1;
                     }
                     Ok(done)
@@ -207,10 +202,7 @@ fn warren_loop(
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| bail!("warren loop thread panicked"))
-            })
+            .map(|h| h.join().unwrap_or_else(|_| bail!("{side} thread panicked")))
             .collect::<anyhow::Result<Vec<u64>>>()
     })?;
     Ok(counts.iter().sum::<u64>() as f64 / started.elapsed().as_secs_f64())
