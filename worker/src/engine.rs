@@ -77,9 +77,14 @@ pub fn build_engine(config: &SandboxConfig, allocation: Allocation) -> Result<En
             "--max-wasm-stack",
         )?);
     if allocation == Allocation::Pooled {
+        // The configuration alone first (no pool, nothing reserved), so a value wasmtime refuses
+        // is reported as such and not as a failed reservation.
+        Engine::new(&wasm).map_err(|e| EngineError::InvalidConfig(format!("{e:#}")))?;
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(
             config, slots,
         )?));
+    } else {
+        return Engine::new(&wasm).map_err(|e| EngineError::InvalidConfig(format!("{e:#}")));
     }
     Engine::new(&wasm).map_err(|source| {
         let per_slot = config.memory_reservation + config.memory_guard;
@@ -168,4 +173,43 @@ pub fn pool_occupancy(engine: &Engine) -> Option<PoolOccupancy> {
         warm_memories: u64::from(metrics.unused_warm_memories()),
         unused_memory_bytes_resident: metrics.unused_memory_bytes_resident() as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_wasmtime_refuses_is_not_reported_as_a_failed_reservation() {
+        let config = SandboxConfig {
+            max_wasm_stack: 0,
+            ..SandboxConfig::default()
+        };
+        for allocation in [Allocation::Pooled, Allocation::OnDemandCow] {
+            match build_engine(&config, allocation) {
+                Err(EngineError::InvalidConfig(message)) => {
+                    assert!(message.contains("max_wasm_stack"), "{message}");
+                }
+                Err(other) => panic!("{allocation:?}: wrong error: {other}"),
+                Ok(_) => panic!("{allocation:?}: a zero wasm stack was accepted"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_pool_too_large_for_the_address_space_says_how_to_shrink_it() {
+        // 2^20 slots of 4 GiB + guard: far beyond a 47-bit address space.
+        let config = SandboxConfig {
+            max_concurrent_tasks: Some(1 << 20),
+            ..SandboxConfig::default()
+        };
+        match build_engine(&config, Allocation::Pooled) {
+            Err(error @ EngineError::PoolReservation { .. }) => {
+                let message = error.to_string();
+                assert!(message.contains("--max-concurrent-tasks"), "{message}");
+            }
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("a 4 PiB pool was reserved"),
+        }
+    }
 }

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
-    Histogram, Unit,
+    Gauge, Histogram, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use warren_schemas::{Outcome, TaskResult};
@@ -206,7 +206,11 @@ pub fn refresh_gauges(registry: &ModuleRegistry) {
     }
 }
 
-/// Adjusts the in-flight gauge.
+/// Adjusts the in-flight gauge (twice per task: the handle is kept per thread, as
+/// [`TASK_HANDLES`] are, instead of being looked up by name each time).
 pub fn in_flight(delta: f64) {
-    gauge!(TASKS_IN_FLIGHT).increment(delta);
+    thread_local! {
+        static IN_FLIGHT: Gauge = gauge!(TASKS_IN_FLIGHT);
+    }
+    IN_FLIGHT.with(|gauge| gauge.increment(delta));
 }
