@@ -35,7 +35,10 @@ async fn force_closed_connections_mid_batch_lose_nothing() {
     let url = private_vhost(VHOST);
     let mut broker = TestBroker::new_on(url.clone()).await;
     let worker = WorkerProcess::start_on(&url, &broker.topology, 2, &[]);
-    let tasks: Vec<Task> = (0..300).map(|i| sleep_task(i, "5")).collect();
+    // 300 × 20 ms on 2 slots: ~3 s of work, so the close (rabbitmqctl takes a second or two to
+    // start) lands mid-batch even when the machine is fast; with 5 ms tasks the whole batch
+    // could finish first, and the worker had nothing to reconnect for yet.
+    let tasks: Vec<Task> = (0..300).map(|i| sleep_task(i, "20")).collect();
     for t in &tasks {
         broker.publish(t).await;
     }

@@ -16,7 +16,7 @@ use std::thread;
 
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::config::{SandboxConfig, HOST_STACK_HEADROOM};
+use crate::config::SandboxConfig;
 
 /// Why the engine could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -72,20 +72,16 @@ pub fn build_engine(config: &SandboxConfig, allocation: Allocation) -> Result<En
         .max_wasm_stack(to_usize(config.max_wasm_stack, "--max-wasm-stack")?)
         // Guests run on the caller's thread, never on async fibers, but wasmtime still refuses
         // a wasm stack larger than the (unused) fiber stack: keep the two in step.
-        .async_stack_size(to_usize(
-            config.max_wasm_stack.saturating_add(HOST_STACK_HEADROOM),
-            "--max-wasm-stack",
-        )?);
-    if allocation == Allocation::Pooled {
-        // The configuration alone first (no pool, nothing reserved), so a value wasmtime refuses
-        // is reported as such and not as a failed reservation.
-        Engine::new(&wasm).map_err(|e| EngineError::InvalidConfig(format!("{e:#}")))?;
-        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(
-            config, slots,
-        )?));
-    } else {
-        return Engine::new(&wasm).map_err(|e| EngineError::InvalidConfig(format!("{e:#}")));
+        .async_stack_size(config.guest_thread_stack());
+    // The configuration alone first (no pool, nothing reserved), so a value wasmtime refuses is
+    // reported as such and not as a failed reservation.
+    let unpooled = Engine::new(&wasm).map_err(|e| EngineError::InvalidConfig(format!("{e:#}")))?;
+    if allocation != Allocation::Pooled {
+        return Ok(unpooled);
     }
+    wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(
+        config, slots,
+    )?));
     Engine::new(&wasm).map_err(|source| {
         let per_slot = config.memory_reservation + config.memory_guard;
         EngineError::PoolReservation {

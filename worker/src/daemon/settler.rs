@@ -32,10 +32,13 @@ use tracing::warn;
 use warren_schemas::TaskId;
 
 use super::acks::{queue, Ledger, Settle, HELD_ACKS_LIMIT_DIVISOR};
+use crate::metrics;
 
 /// The settling task is woken once per `prefetch / WAKE_EVERY_DIVISOR` confirm events.
 const WAKE_EVERY_DIVISOR: usize = 8;
-use crate::metrics;
+
+/// While the settling task holds unresolved confirms, it looks at them at least this often.
+const SETTLE_TICK: Duration = Duration::from_millis(1);
 
 /// A result's publish, already on its way to the broker: resolves to whether the broker
 /// confirmed it (`false`: nacked).
@@ -57,9 +60,6 @@ pub struct Settler {
     /// Counts a confirm event (see [`Inbox`]).
     confirm_event: Waker,
 }
-
-/// While the settling task holds unresolved confirms, it looks at them at least this often.
-pub const SETTLE_TICK: Duration = Duration::from_millis(1);
 
 /// Confirms left by the lanes, and how the settling task is woken. A lane polls a confirm once
 /// with the [`Inbox`] as waker (which counts the event) and leaves it here, both under the lock
@@ -200,20 +200,15 @@ impl Settler {
         let polled = publishing
             .as_mut()
             .poll(&mut Context::from_waker(&self.confirm_event));
-        match polled {
-            Poll::Pending => {
-                inbox.confirms.push((delivery_tag, task_id, publishing));
-                if !inbox.ticking {
-                    // An idle task has no tick that would find it.
-                    self.inbox.settling.wake();
-                }
-            }
-            Poll::Ready(done) => {
-                // Nothing will wake the settling task for this one: do it now.
-                let done = Box::pin(std::future::ready(done));
-                inbox.confirms.push((delivery_tag, task_id, done));
-                self.inbox.settling.wake();
-            }
+        let (publishing, resolved) = match polled {
+            Poll::Pending => (publishing, false),
+            Poll::Ready(done) => (Box::pin(std::future::ready(done)) as Publishing, true),
+        };
+        inbox.confirms.push((delivery_tag, task_id, publishing));
+        // No event will be counted for a resolved one, and an idle task has no tick that would
+        // find a pending one: wake it now.
+        if resolved || !inbox.ticking {
+            self.inbox.settling.wake();
         }
     }
 }
