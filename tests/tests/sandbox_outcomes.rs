@@ -415,8 +415,28 @@ fn concurrent_tasks_each_get_their_own_sandbox() {
     }
 }
 
+#[test]
+fn stdio_follows_the_guest_when_it_moves_and_closes_descriptors() {
+    let result = run_guest_with("stdio_moves.wat", b"hello world", 5_000);
+    assert_eq!(
+        (result.outcome, result.exit_code),
+        (Outcome::NonZeroExit { code: 136 }, Some(136)),
+        "136 = EBADF for the write to the vacated 2 and for the read after closing 0"
+    );
+    assert_eq!(
+        result.stdout, b"hello world",
+        "scattered read, gathered write"
+    );
+    assert_eq!(result.stderr, b"to-stderr", "stderr renumbered to 1");
+}
+
 /// Runs a test-only WAT guest (tests/guests) once, in its own registry.
 fn run_guest(file: &str, timeout_ms: u64) -> TaskResult {
+    run_guest_with(file, b"", timeout_ms)
+}
+
+/// Runs a test-only WAT guest once with `input` on stdin.
+fn run_guest_with(file: &str, input: &[u8], timeout_ms: u64) -> TaskResult {
     let dir = tempfile::tempdir().unwrap();
     let name = file.trim_end_matches(".wat").replace('_', "-");
     std::fs::copy(
@@ -428,7 +448,7 @@ fn run_guest(file: &str, timeout_ms: u64) -> TaskResult {
     let report = registry.load_dir(dir.path()).unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     let runner = TaskRunner::new(registry, "guest-test");
-    let mut t = task(&name, b"", &[]);
+    let mut t = task(&name, input, &[]);
     t.limits.timeout_ms = Some(timeout_ms);
     run(&runner, t)
 }

@@ -19,11 +19,8 @@
 //! sleeps — and when tasks are short and deliveries sparse, one lane does all the work and the
 //! others are never woken.
 //!
-//! Lanes are plain OS threads, never tokio workers: wasmtime-wasi's synchronous host calls
-//! `block_on` internally and would panic on a worker, and a guest hogging a thread must not
-//! stall the async side's I/O. They do enter the runtime's context, so those host calls use
-//! the runtime's handle directly instead of wasmtime-wasi's fallback runtime (which yields once
-//! per call). There are exactly as many lanes as pool instance slots, and a lane runs one guest
+//! Lanes are plain OS threads, never tokio workers: a guest hogging a thread (or sleeping in
+//! `poll_oneoff`) must not stall the async side's I/O. There are exactly as many lanes as pool instance slots, and a lane runs one guest
 //! at a time, so instantiation never finds the pool empty. Lanes outlive sessions: a lane still
 //! finishing a task of a lost connection joins the next session when it is done, so the slot
 //! count holds across reconnects.
@@ -92,18 +89,16 @@ struct IdleLanes {
 
 impl Lanes {
     /// Starts `count` lanes for `worker`, each with a `stack_size` stack (guests run on it: see
-    /// [`crate::SandboxConfig::guest_thread_stack`]); call from inside the tokio runtime.
+    /// [`crate::SandboxConfig::guest_thread_stack`]).
     pub fn start(worker: &Arc<Worker>, count: usize, stack_size: usize) -> std::io::Result<Lanes> {
-        let runtime = tokio::runtime::Handle::current();
         let lanes = (0..count.max(1))
             .map(|i| {
                 let (sender, feeds) = mpsc::channel::<Arc<Feed>>();
-                let (worker, runtime) = (worker.clone(), runtime.clone());
+                let worker = worker.clone();
                 thread::Builder::new()
                     .name(format!("warren-lane-{i}"))
                     .stack_size(stack_size)
                     .spawn(move || {
-                        let _context = runtime.enter();
                         for feed in feeds {
                             feed.serve(&worker);
                         }

@@ -7,24 +7,22 @@
 //! directories, no sockets, no host environment. Each task gets its own store, so nothing leaks
 //! from one task to the next.
 
-mod exit;
 mod outcome;
 mod output;
-mod poll;
 mod state;
+mod wasi;
 
 use std::time::{Duration, Instant};
 
 use warren_schemas::{Outcome, TaskLimits};
 use wasmtime::{Engine, Instance, InstancePre, Linker, Module, Store};
-use wasmtime_wasi::p2::pipe::MemoryInputPipe;
-use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::config::SandboxConfig;
 use crate::engine::{build_engine, start_epoch_ticker, Allocation, EngineError};
 
 pub use output::{OutputCapture, OutputLimitExceeded, OverflowPolicy};
 pub use state::{SandboxState, TaskLimiter, WallClockExceeded};
+pub use wasi::GuestExit;
 
 /// The engine, the WASI linker and the caps every task runs under.
 pub struct Sandbox {
@@ -101,12 +99,8 @@ impl Sandbox {
             EngineError::InvalidConfig(format!("cannot start the epoch ticker thread: {e}"))
         })?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut SandboxState| {
-            &mut state.wasi
-        })
-        .and_then(|()| poll::shadow_poll_oneoff(&mut linker))
-        .and_then(|()| exit::shadow_proc_exit(&mut linker))
-        .map_err(|e| EngineError::InvalidConfig(format!("cannot link WASI: {e:#}")))?;
+        wasi::add_to_linker(&mut linker)
+            .map_err(|e| EngineError::InvalidConfig(format!("cannot link WASI: {e:#}")))?;
         Ok(Sandbox {
             engine,
             linker,
@@ -168,9 +162,7 @@ impl Sandbox {
             return Execution::refused(Outcome::InvalidTask { reason });
         }
         let limits = self.limits(&call.limits);
-        let stdout = OutputCapture::new(limits.max_output, OverflowPolicy::Fail);
-        let stderr = OutputCapture::new(self.config.max_stderr, OverflowPolicy::Truncate);
-        let mut store = self.new_store(call, &limits, &stdout, &stderr);
+        let mut store = self.new_store(call, &limits);
 
         let started = Instant::now();
         let instance = instantiate(&mut store);
@@ -181,11 +173,12 @@ impl Sandbox {
         });
         let finished = Instant::now();
 
-        let memory_limit_hit = store.data().limiter.memory_limit_hit;
+        let state = store.data_mut();
+        let memory_limit_hit = state.limiter.memory_limit_hit;
+        let (stdout, _) = state.stdio.stdout.take();
+        let (stderr, stderr_truncated) = state.stdio.stderr.take();
         drop(store);
         let (outcome, exit_code) = outcome::classify(ended, memory_limit_hit, &limits);
-        let (stdout, _) = stdout.take();
-        let (stderr, stderr_truncated) = stderr.take();
         Execution {
             outcome,
             exit_code,
@@ -197,24 +190,23 @@ impl Sandbox {
         }
     }
 
-    fn new_store(
-        &self,
-        call: GuestCall,
-        limits: &Limits,
-        stdout: &OutputCapture,
-        stderr: &OutputCapture,
-    ) -> Store<SandboxState> {
+    fn new_store(&self, call: GuestCall, limits: &Limits) -> Store<SandboxState> {
         let origin = Instant::now();
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.stdin(MemoryInputPipe::new(call.input))
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .monotonic_clock(state::TaskClock { origin })
-            .arg(&call.program)
-            .args(&call.args)
-            .envs(&call.env);
+        let args = std::iter::once(&call.program).chain(&call.args);
         let state = SandboxState {
-            wasi: wasi.build_p1(),
+            command_line: wasi::CommandLine {
+                args: wasi::StringList::encode(args.map(|arg| [arg.as_str()])),
+                env: wasi::StringList::encode(
+                    call.env
+                        .iter()
+                        .map(|(key, value)| [key.as_str(), "=", value]),
+                ),
+            },
+            stdio: wasi::Stdio::new(
+                call.input,
+                OutputCapture::new(limits.max_output, OverflowPolicy::Fail),
+                OutputCapture::new(self.config.max_stderr, OverflowPolicy::Truncate),
+            ),
             limiter: TaskLimiter {
                 max_memory: usize::try_from(limits.max_memory).unwrap_or(usize::MAX),
                 max_table_elements: self.config.table_elements,

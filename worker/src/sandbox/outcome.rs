@@ -3,10 +3,10 @@
 
 use warren_schemas::Outcome;
 use wasmtime::Trap;
-use wasmtime_wasi::I32Exit;
 
 use super::output::OutputLimitExceeded;
 use super::state::WallClockExceeded;
+use super::wasi::GuestExit;
 use super::Limits;
 
 /// Classifies the end of a run. `memory_limit_hit` says whether the limiter refused a growth,
@@ -20,7 +20,7 @@ pub fn classify(
         Ok(()) => return (Outcome::Success, Some(0)),
         Err(error) => error,
     };
-    if let Some(I32Exit(code)) = error.downcast_ref::<I32Exit>() {
+    if let Some(GuestExit(code)) = error.downcast_ref::<GuestExit>() {
         return match *code {
             0 => (Outcome::Success, Some(0)),
             code => (Outcome::NonZeroExit { code }, Some(code)),

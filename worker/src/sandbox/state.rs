@@ -1,18 +1,21 @@
-//! What a store holds for one task: the WASI context, the memory limiter and the task's deadline.
+//! What a store holds for one task: the guest's WASI state, the memory limiter and the task's
+//! deadline.
 
 use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
-use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::HostMonotonicClock;
+
+use super::wasi::{CommandLine, Stdio};
 
 /// Per-task store data.
 pub struct SandboxState {
-    /// The guest's WASI view: in-memory stdio, explicit args and env, nothing else.
-    pub(crate) wasi: WasiP1Ctx,
+    /// argv and environment.
+    pub(crate) command_line: CommandLine,
+    /// stdin, stdout and stderr: the guest's only descriptors.
+    pub(crate) stdio: Stdio,
     /// Enforces the task's memory and table limits and remembers a refused growth.
     pub(crate) limiter: TaskLimiter,
-    /// Zero of the guest's monotonic clock (see [`TaskClock`]); absolute sleeps are relative to it.
+    /// Zero of the guest's monotonic clock; absolute monotonic sleeps are relative to it.
     pub(crate) clock_origin: Instant,
     /// Wall-clock instant at which blocking host calls stop waiting and the task times out.
     pub(crate) deadline: Instant,
@@ -55,25 +58,6 @@ impl ResourceLimiter for TaskLimiter {
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= self.max_table_elements)
-    }
-}
-
-/// The guest's monotonic clock: nanoseconds since the task's store was created.
-///
-/// We supply it (rather than wasmtime-wasi's default) so that our `poll_oneoff` knows the origin
-/// that absolute monotonic deadlines are measured from.
-pub struct TaskClock {
-    /// When the clock read zero.
-    pub origin: Instant,
-}
-
-impl HostMonotonicClock for TaskClock {
-    fn resolution(&self) -> u64 {
-        1
-    }
-
-    fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 }
 

@@ -1,11 +1,13 @@
-//! `poll_oneoff`, the one WASI call that can block, bounded by the task's wall-clock deadline.
+//! `poll_oneoff`, the one WASI call that can block, bounded by the task's wall-clock deadline;
+//! and `sched_yield`.
 //!
-//! wasmtime-wasi implements a guest's `sleep` as a real timer inside a `block_on`; the epoch
-//! deadline cannot interrupt it, so `sleep(1 day)` would hold a lane (and its pool slot) for a day. A
-//! sandboxed command here has only stdin (an in-memory pipe), stdout and stderr (in-memory
-//! captures), which are always ready, so a complete `poll_oneoff` is small: fd subscriptions on
-//! 0/1/2 are ready at once, clock subscriptions sleep — but never past the task's deadline, where
-//! the guest is stopped with [`WallClockExceeded`] and the task ends as a timeout.
+//! A sleeping guest is not running wasm, so the epoch deadline cannot interrupt it: left
+//! alone, `sleep(1 day)` would hold a lane (and its pool slot) for a day. A sandboxed command's
+//! only descriptors are its in-memory standard streams, which are always ready, so a complete
+//! `poll_oneoff` is small: fd subscriptions on an open stream are ready at once (others report
+//! `EBADF`), clock subscriptions sleep — but never past the task's deadline, where the guest is
+//! stopped with [`WallClockExceeded`] and the task ends as a timeout. `sched_yield` returns at
+//! once: a lane runs one guest, there is nobody in the sandbox to yield to.
 //!
 //! ABI (wasi_snapshot_preview1): `subscription` is 48 bytes: userdata u64 @0, tag u8 @8, then
 //! clock {id u32 @16, timeout u64 @24, precision u64 @32, flags u16 @40} or fd {fd u32 @16}.
@@ -15,25 +17,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::{Caller, Extern, Linker};
 
-use super::state::{SandboxState, WallClockExceeded};
+use super::clocks::REALTIME as CLOCKID_REALTIME;
+use super::errno::{FAULT as ERRNO_FAULT, INVAL as ERRNO_INVAL, SUCCESS as ERRNO_SUCCESS};
+use super::{SandboxState, WASI};
+use crate::sandbox::state::WallClockExceeded;
 
 const SUBSCRIPTION_SIZE: usize = 48;
 const EVENT_SIZE: usize = 32;
 const EVENTTYPE_CLOCK: u8 = 0;
 const EVENTTYPE_FD_READ: u8 = 1;
 const EVENTTYPE_FD_WRITE: u8 = 2;
-const CLOCKID_REALTIME: u32 = 0;
 const SUBCLOCKFLAGS_ABSTIME: u16 = 1;
-const ERRNO_SUCCESS: i32 = 0;
-const ERRNO_BADF: u16 = 8;
-const ERRNO_FAULT: i32 = 21;
-const ERRNO_INVAL: i32 = 28;
+const ERRNO_BADF: u16 = super::errno::BADF as u16;
 
-/// Replaces wasmtime-wasi's `poll_oneoff` in `linker` with the deadline-bounded one.
-pub fn shadow_poll_oneoff(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
-    linker.allow_shadowing(true);
-    linker.func_wrap("wasi_snapshot_preview1", "poll_oneoff", poll_oneoff)?;
-    linker.allow_shadowing(false);
+/// Defines the deadline-bounded `poll_oneoff`, and `sched_yield`.
+pub fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
+    linker.func_wrap(WASI, "poll_oneoff", poll_oneoff)?;
+    linker.func_wrap(WASI, "sched_yield", || ERRNO_SUCCESS)?;
     Ok(())
 }
 
@@ -94,13 +94,14 @@ fn poll_oneoff(
     std::thread::sleep(wake_at.saturating_duration_since(Instant::now()));
 
     let woke = Instant::now();
+    let stdio = &caller.data().stdio;
     let mut out = Vec::with_capacity(wakes.len() * EVENT_SIZE);
     for wake in &wakes {
         let mut event = [0u8; EVENT_SIZE];
         match *wake {
             Wake::Fd { userdata, kind, fd } => {
                 event[0..8].copy_from_slice(&userdata.to_le_bytes());
-                if fd > 2 {
+                if !stdio.is_open(fd) {
                     event[8..10].copy_from_slice(&ERRNO_BADF.to_le_bytes());
                 }
                 event[10] = kind;
