@@ -430,6 +430,25 @@ fn stdio_follows_the_guest_when_it_moves_and_closes_descriptors() {
     assert_eq!(result.stderr, b"to-stderr", "stderr renumbered to 1");
 }
 
+#[test]
+fn wasi_answers_what_a_sandboxed_command_may_and_may_not_do() {
+    let result = run_guest("wasi_answers.wat", 5_000);
+    assert_eq!(result.outcome, Outcome::Success);
+    let (ok, badf, fault, inval, notsock, spipe, yes) = (0, 8, 21, 28, 57, 70, 1);
+    #[rustfmt::skip]
+    let expected = [
+        ok, ok, yes,       // monotonic and realtime clocks, realtime is now-ish
+        badf, inval,       // no CPU-time clocks; unknown clock id
+        ok, yes,           // random bytes
+        badf, badf,        // no preopened directory, so no path can be opened
+        ok, yes,           // stdout is open, for writing
+        spipe, notsock,    // a stream cannot seek and is not a socket
+        badf,              // 5 is not a descriptor
+        fault,             // a buffer past the end of memory
+    ];
+    assert_eq!(result.stdout, expected);
+}
+
 /// Runs a test-only WAT guest (tests/guests) once, in its own registry.
 fn run_guest(file: &str, timeout_ms: u64) -> TaskResult {
     run_guest_with(file, b"", timeout_ms)

@@ -10,7 +10,8 @@
 //! - **Epoch interruption**: a CPU deadline checked at function entries and loop back-edges,
 //!   about twice as cheap as fuel metering. A ticker thread bumps the epoch every `epoch_tick`.
 //! - **No cranelift-level fuel, no async**: guests run synchronously on dedicated OS threads
-//!   (wasmtime-wasi's sync host calls `block_on` and would panic on a tokio worker).
+//!   (a guest runs, or sleeps in `poll_oneoff`, for as long as its deadline allows; that must
+//!   never stall a tokio worker).
 
 use std::thread;
 

@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`config`]: every sandbox knob in one struct, with defaults, units and costs.
 //! - [`engine`]: wasmtime engine setup (pooling allocator, copy-on-write images, epochs).
-//! - [`sandbox`]: one task in one fresh store — WASI context, limits, outcome mapping.
+//! - [`sandbox`]: one task in one fresh store — warren's own WASI preview 1, limits, outcome mapping.
 //! - [`registry`]: modules by name and digest, AOT-compiled and cached, hot-reloadable.
 //! - [`watch`]: rescans the modules directory when it changes.
 //! - [`runner`]: `Task` → `TaskResult` through the registry, on the calling thread.

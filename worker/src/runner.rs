@@ -120,8 +120,8 @@ impl TaskRunner {
     /// Runs `task` (delivery attempt `attempt`, from 1) on the calling thread and returns its
     /// result.
     ///
-    /// The thread must not be a tokio worker (wasmtime-wasi's synchronous host calls
-    /// `block_on`). At most [`concurrency`](Self::concurrency) tasks run at once, one pool slot
+    /// The thread should not be a tokio worker: the guest runs (or sleeps) on it for up to its
+    /// deadline. At most [`concurrency`](Self::concurrency) tasks run at once, one pool slot
     /// each; more callers wait for a slot (the daemon has exactly as many lanes as slots).
     pub fn run_here(&self, task: Task, attempt: u32) -> TaskResult {
         let (header, prepared) = self.prepare(task, attempt);

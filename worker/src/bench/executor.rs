@@ -3,7 +3,7 @@
 //! instantiate from an `InstancePre`, call `_start`, drop — measured in the same run.
 //!
 //! The ratio says what warren's per-task work costs over the bare minimum: decoding the task
-//! message, the look-up and task → call translation, the WASI context with captured stdio,
+//! message, the look-up and task → call translation, the guest's WASI state with captured stdio,
 //! limits, deadline and outcome classification, and the encoded result — everything a daemon
 //! lane does per task except talking to the broker.
 
@@ -134,8 +134,9 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// The bare minimum on `threads` threads: fresh store with an empty WASI context, instantiate
-/// from a pre-linked module, call `_start`, drop.
+/// The bare minimum on `threads` threads: fresh store with an empty wasmtime-wasi context (the
+/// stock way to give a command its imports), instantiate from a pre-linked module, call
+/// `_start`, drop.
 fn raw_loop(
     sandbox: &Sandbox,
     module: &LoadedModule,
@@ -158,7 +159,7 @@ fn raw_loop(
 }
 
 /// warren's path as a daemon lane takes it, on `threads` threads: decode the task message,
-/// [`TaskRunner::run_here`] (look-up, task → call, WASI context with captured stdio, limits,
+/// [`TaskRunner::run_here`] (look-up, task → call, WASI state with captured stdio, limits,
 /// deadline, outcome, result), encode the result for publishing.
 fn warren_loop(
     runner: &TaskRunner,

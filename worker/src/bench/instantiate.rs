@@ -1,7 +1,7 @@
 //! `warren-worker bench instantiate`: what warren's instantiation strategy buys, measured side by
 //! side in one run on the same modules.
 //!
-//! Strategies (each runs the whole task: store + WASI context → instantiate → `_start` → drop):
+//! Strategies (each runs the whole task: store + WASI state → instantiate → `_start` → drop):
 //! - `a-ondemand-copy-linker`: mmap per instance, data segments copied in, imports resolved by
 //!   `Linker::instantiate` on every task — the naive embedding.
 //! - `b-ondemand-cow-pre`: mmap per instance, copy-on-write memory image, `InstancePre`.

@@ -1,6 +1,6 @@
 //! `warren-worker bench soak`: many trivial tasks through **one** worker process, watching it for
 //! leaks. A fresh sandbox per task means a million tasks create a million stores, instances,
-//! WASI contexts and pipes; anything one of them forgets to give back shows up here, as resident
+//! WASI states and output buffers; anything one of them forgets to give back shows up here, as resident
 //! memory that keeps growing after warm-up, file descriptors that are never closed, or an
 //! in-flight gauge that does not return to zero.
 //!

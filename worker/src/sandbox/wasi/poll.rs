@@ -19,7 +19,7 @@ use wasmtime::{Caller, Extern, Linker};
 
 use super::clocks::REALTIME as CLOCKID_REALTIME;
 use super::errno::{FAULT as ERRNO_FAULT, INVAL as ERRNO_INVAL, SUCCESS as ERRNO_SUCCESS};
-use super::{SandboxState, WASI};
+use super::{span, store, SandboxState, WASI};
 use crate::sandbox::state::WallClockExceeded;
 
 const SUBSCRIPTION_SIZE: usize = 48;
@@ -61,7 +61,12 @@ fn poll_oneoff(
     let origin = caller.data().clock_origin;
     let wakes = {
         let data = memory.data(&caller);
-        let Some(bytes) = slice(data, subscriptions, count as usize * SUBSCRIPTION_SIZE) else {
+        let Some(bytes) = span(
+            data.len(),
+            subscriptions,
+            count as usize * SUBSCRIPTION_SIZE,
+        )
+        .map(|range| &data[range]) else {
             return Ok(ERRNO_FAULT);
         };
         match bytes
@@ -116,15 +121,13 @@ fn poll_oneoff(
     }
     let written = (out.len() / EVENT_SIZE) as u32;
     let data = memory.data_mut(&mut caller);
-    let Some(target) = slice_mut(data, events, out.len()) else {
+    if span(data.len(), nevents_out, 4).is_none() {
         return Ok(ERRNO_FAULT);
-    };
-    target.copy_from_slice(&out);
-    let Some(target) = slice_mut(data, nevents_out, 4) else {
-        return Ok(ERRNO_FAULT);
-    };
-    target.copy_from_slice(&written.to_le_bytes());
-    Ok(ERRNO_SUCCESS)
+    }
+    match store(data, events, &out) {
+        ERRNO_SUCCESS => Ok(store(data, nevents_out, &written.to_le_bytes())),
+        fault => Ok(fault),
+    }
 }
 
 fn parse(sub: &[u8], now: Instant, origin: Instant) -> Option<Wake> {
@@ -153,14 +156,4 @@ fn parse(sub: &[u8], now: Instant, origin: Instant) -> Option<Wake> {
         }
         _ => None,
     }
-}
-
-fn slice(data: &[u8], ptr: u32, len: usize) -> Option<&[u8]> {
-    let start = ptr as usize;
-    data.get(start..start.checked_add(len)?)
-}
-
-fn slice_mut(data: &mut [u8], ptr: u32, len: usize) -> Option<&mut [u8]> {
-    let start = ptr as usize;
-    data.get_mut(start..start.checked_add(len)?)
 }

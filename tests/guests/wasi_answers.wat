@@ -1,0 +1,53 @@
+;; Asks warren's WASI layer the questions a command's runtime asks, and writes one byte per
+;; answer to stdout (errnos, or 1/0 for a checked value), in this order:
+;;  0 clock_time_get(monotonic)          1 clock_time_get(realtime)   2 realtime is after 2023
+;;  3 clock_time_get(process cputime)    4 clock_time_get(id 9)       5 random_get(32 bytes)
+;;  6 the 32 random bytes are not all 0  7 fd_prestat_get(3)          8 path_open(dirfd 0)
+;;  9 fd_fdstat_get(1)                  10 stdout's rights are fd_write  11 fd_seek(0)
+;; 12 sock_send(1)                      13 fd_filestat_get(5)        14 random_get out of bounds
+(module
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_fdstat_get" (func $fdstat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_seek" (func $seek (param i32 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_send" (func $send (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_filestat_get" (func $filestat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 2000) "/etc/passwd")
+  ;; answers at 1000 + i
+  (func $answer (param $i i32) (param $value i32)
+    (i32.store8 (i32.add (i32.const 1000) (local.get $i)) (local.get $value)))
+  (func (export "_start")
+    (local $i i32) (local $any i32)
+    (call $answer (i32.const 0) (call $clock (i32.const 1) (i64.const 1) (i32.const 0)))
+    (call $answer (i32.const 1) (call $clock (i32.const 0) (i64.const 1) (i32.const 0)))
+    (call $answer (i32.const 2) (i64.gt_u (i64.load (i32.const 0)) (i64.const 1700000000000000000)))
+    (call $answer (i32.const 3) (call $clock (i32.const 2) (i64.const 1) (i32.const 0)))
+    (call $answer (i32.const 4) (call $clock (i32.const 9) (i64.const 1) (i32.const 0)))
+    (call $answer (i32.const 5) (call $random (i32.const 100) (i32.const 32)))
+    (block $done
+      (loop $each
+        (br_if $done (i32.ge_u (local.get $i) (i32.const 32)))
+        (local.set $any (i32.or (local.get $any) (i32.load8_u (i32.add (i32.const 100) (local.get $i)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $each)))
+    (call $answer (i32.const 6) (i32.ne (local.get $any) (i32.const 0)))
+    (call $answer (i32.const 7) (call $prestat (i32.const 3) (i32.const 200)))
+    (call $answer (i32.const 8)
+      (call $open (i32.const 0) (i32.const 0) (i32.const 2000) (i32.const 11) (i32.const 0)
+        (i64.const -1) (i64.const -1) (i32.const 0) (i32.const 200)))
+    (call $answer (i32.const 9) (call $fdstat (i32.const 1) (i32.const 300)))
+    (call $answer (i32.const 10) (i64.eq (i64.load (i32.const 308)) (i64.const 64)))
+    (call $answer (i32.const 11) (call $seek (i32.const 0) (i64.const 0) (i32.const 0) (i32.const 200)))
+    (call $answer (i32.const 12)
+      (call $send (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 200)))
+    (call $answer (i32.const 13) (call $filestat (i32.const 5) (i32.const 400)))
+    (call $answer (i32.const 14) (call $random (i32.const 65530) (i32.const 100)))
+    ;; ciovec at 500: (1000, 15)
+    (i32.store (i32.const 500) (i32.const 1000))
+    (i32.store (i32.const 504) (i32.const 15))
+    (drop (call $write (i32.const 1) (i32.const 500) (i32.const 1) (i32.const 508)))))
