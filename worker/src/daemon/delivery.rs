@@ -2,12 +2,12 @@
 //! **decode → look up InstancePre → instantiate → run → publish result (confirmed) → ack**.
 //!
 //! A lane ([`super::lanes`]) takes a delivery off the consumer and carries it through every
-//! step here on its own thread; the publish frames are queued before it moves on, and only the
-//! pending confirm goes to the session's [`Settler`], which acks once the broker confirmed
-//! (acks coalesced by [`super::acks`]). No task waits for another's confirm, and a task crosses
-//! threads only where it must: its confirm back to the settler. If the connection dies first,
-//! the delivery is unacked and the broker redelivers it (the task is simply redone:
-//! at-least-once).
+//! step here on its own thread, up to the encoded result and its publish; the session's
+//! [`Settler`] starts that publish with the next batch of results (one TCP send for several),
+//! and acks once the broker confirmed (acks coalesced by [`super::acks`]). No task waits for
+//! another's confirm, and a task crosses threads only where it must: its result to the
+//! settler. If the connection dies first, the delivery is unacked and the broker redelivers it
+//! (the task is simply redone: at-least-once).
 
 use std::sync::Arc;
 
@@ -49,13 +49,13 @@ pub fn carry(worker: &Worker, publisher: &Arc<Channel>, settler: &Settler, deliv
     let result = worker.execute(task, attempt);
     metrics::record_result(&result);
     debug!(task_id = %result.task_id, outcome = result.outcome.label(), "task finished");
-    // 5. publish (queued now), 6. ack once confirmed
+    // 5. publish (with the settler's next batch), 6. ack once confirmed
     let publishing = publish(publisher.clone(), routing_key, &result);
     settler.publishing(tag, result.task_id, publishing);
 }
 
 /// The publish of `result` to `routing_key` via the default exchange: its first poll (by the
-/// settler, at once) queues the frames; it resolves to whether the broker confirmed the result.
+/// settler) queues the frames; it resolves to whether the broker confirmed the result.
 fn publish(publisher: Arc<Channel>, routing_key: ShortString, result: &TaskResult) -> Publishing {
     let id: ShortString = result.task_id.to_string().into();
     let properties = BasicProperties::default()

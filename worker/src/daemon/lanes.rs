@@ -1,9 +1,9 @@
 //! Lanes: the threads that carry a task from the socket to its result.
 //!
 //! A lane takes a delivery off the session's consumer itself and does every step of the
-//! per-task path on its own thread — decode, look up, instantiate, run, publish (see
-//! [`super::delivery`]) — handing only the pending publisher confirm to the session's
-//! [`Settler`]. Why not a consumer task feeding executor threads: on a small machine the worker
+//! per-task path on its own thread — decode, look up, instantiate, run, encode the result (see
+//! [`super::delivery`]) — handing only the result's publish to the session's [`Settler`], which
+//! sends it with the next batch. Why not a consumer task feeding executor threads: on a small machine the worker
 //! shares its cores with the broker, and every hand-off between threads is a wake-up and a
 //! context switch that the broker pays for. A consumer task plus an executor woke two threads
 //! per task on the way in; a lane is woken once, by lapin's I/O thread, and under load not at

@@ -1,20 +1,24 @@
-//! The async end of a session's deliveries: waits for each result's publisher confirm and
-//! settles the delivery (ack, requeue or dead-letter), coalescing acks by [`super::acks`]' rules.
+//! The async end of a session's deliveries: publishes each task's result, waits for its
+//! publisher confirm and settles the delivery (ack, requeue or dead-letter), coalescing acks by
+//! [`super::acks`]' rules.
 //!
-//! Why one task does this for everybody: a lane publishes its task's result itself (the frames
-//! are queued at once, see [`super::delivery`]) and leaves the pending confirm here, instead of
-//! waking an async task per delivery to do it. It is also the only writer of acks, so their
-//! order is safe by construction.
+//! Why one task does this for everybody: a lane leaves its task's result here as a publish not
+//! yet started ([`super::delivery`]) and goes on to the next delivery, instead of waking an
+//! async task per delivery. It is also the only writer of acks, so their order is safe by
+//! construction.
 //!
-//! Wake-ups are coalesced, like a network card's interrupts: each publish resolves twice (lapin
-//! hands out its confirm only after writing its frames, then the broker confirms), and waking
-//! the settling task on each of those events ran it ~1.4 times per task (10 k switches/s of the
-//! tokio thread at 7.5 k tasks/s). On a 2-core machine each of those switches preempts a lane
-//! or the broker. So the events are counted ([`Inbox`]) and the task is woken once per
-//! [`Settler::start`]'s `wake_every` of them; while it holds unresolved confirms, a
-//! [`SETTLE_TICK`] timer picks up the rest, so at low rates an ack waits at most about two ticks.
-//! Results are never delayed by this (lanes publish them); only the acks that free the
-//! prefetch window are, and `wake_every` is a small fraction of that window.
+//! Publishes are batched, and wake-ups coalesced, like a network card's interrupts. lapin's I/O
+//! thread writes whatever frames are queued when it wakes; when each lane queued its own
+//! result's frames, a trivial task's result went out in a TCP send of its own more often than
+//! not (two to three results per send, against seven for the null worker, whose lanes finish
+//! in bursts), and the broker, which shares the cores, paid for each packet. Here the lanes'
+//! results wait in the [`Inbox`] until `wake_every` of them are there (or the settling task is
+//! idle, or its tick comes), and the task starts them together: one wake of the I/O thread,
+//! one send, for the batch. Each publish then resolves twice (lapin hands out its confirm only
+//! after writing its frames, then the broker confirms); those events are counted and wake the
+//! task once per `wake_every` of them, and while it holds unresolved confirms a [`SETTLE_TICK`]
+//! timer picks up the rest — so at low rates a result or an ack waits at most about a tick.
+//! `wake_every` is a small fraction of the prefetch window.
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -34,13 +38,14 @@ use warren_schemas::TaskId;
 use super::acks::{queue, Ledger, Settle, HELD_ACKS_LIMIT_DIVISOR};
 use crate::metrics;
 
-/// The settling task is woken once per `prefetch / WAKE_EVERY_DIVISOR` confirm events.
+/// The settling task is woken once per `prefetch / WAKE_EVERY_DIVISOR` results left or confirm
+/// events.
 const WAKE_EVERY_DIVISOR: usize = 8;
 
 /// While the settling task holds unresolved confirms, it looks at them at least this often.
 const SETTLE_TICK: Duration = Duration::from_millis(1);
 
-/// A result's publish, already on its way to the broker: resolves to whether the broker
+/// A result's publish: its first poll queues the frames; it resolves to whether the broker
 /// confirmed it (`false`: nacked).
 pub type Publishing = Pin<Box<dyn Future<Output = lapin::Result<bool>> + Send>>;
 
@@ -57,14 +62,10 @@ pub struct Settler {
     messages: mpsc::UnboundedSender<Message>,
     unsettled: Arc<Unsettled>,
     inbox: Arc<Inbox>,
-    /// Counts a confirm event (see [`Inbox`]).
-    confirm_event: Waker,
 }
 
-/// Confirms left by the lanes, and how the settling task is woken. A lane polls a confirm once
-/// with the [`Inbox`] as waker (which counts the event) and leaves it here, both under the lock
-/// the settling task takes to empty the inbox, so a confirm that resolves at once cannot be
-/// missed.
+/// Publishes left by the lanes, and how the settling task is woken: by a lane when a batch is
+/// there (or the task is idle), by the count of confirm events, or by its tick.
 struct Inbox {
     state: Mutex<InboxState>,
     settling: AtomicWaker,
@@ -77,7 +78,7 @@ struct Inbox {
 #[derive(Default)]
 struct InboxState {
     confirms: Vec<(u64, TaskId, Publishing)>,
-    /// The settling task holds unresolved confirms, so its tick runs: a confirm left here is
+    /// The settling task holds unresolved confirms, so its tick runs: a publish left here is
     /// found within a tick without waking it.
     ticking: bool,
 }
@@ -168,7 +169,6 @@ impl Settler {
         let settler = Settler {
             messages: messages.clone(),
             unsettled: unsettled.clone(),
-            confirm_event: Waker::from(inbox.clone()),
             inbox,
         };
         let settling = Settling {
@@ -192,22 +192,12 @@ impl Settler {
         let _ = self.messages.send(Message::Settled(delivery_tag, how));
     }
 
-    /// Acks the delivery once `publishing` is confirmed; requeues it if the broker nacks the
-    /// result or the publish fails.
-    /// `publishing` is polled here once, which queues its frames.
-    pub fn publishing(&self, delivery_tag: u64, task_id: TaskId, mut publishing: Publishing) {
+    /// Publishes the result (with the next batch) and acks the delivery once the broker
+    /// confirmed it; requeues it if the broker nacks the result or the publish fails.
+    pub fn publishing(&self, delivery_tag: u64, task_id: TaskId, publishing: Publishing) {
         let mut inbox = self.inbox.lock();
-        let polled = publishing
-            .as_mut()
-            .poll(&mut Context::from_waker(&self.confirm_event));
-        let (publishing, resolved) = match polled {
-            Poll::Pending => (publishing, false),
-            Poll::Ready(done) => (Box::pin(std::future::ready(done)) as Publishing, true),
-        };
         inbox.confirms.push((delivery_tag, task_id, publishing));
-        // No event will be counted for a resolved one, and an idle task has no tick that would
-        // find a pending one: wake it now.
-        if resolved || !inbox.ticking {
+        if inbox.confirms.len() >= self.inbox.wake_every || !inbox.ticking {
             self.inbox.settling.wake();
         }
     }
