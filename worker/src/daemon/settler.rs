@@ -77,7 +77,7 @@ struct Inbox {
 
 #[derive(Default)]
 struct InboxState {
-    confirms: Vec<(u64, TaskId, Publishing)>,
+    publishes: Vec<(u64, TaskId, Publishing)>,
     /// The settling task holds unresolved confirms, so its tick runs: a publish left here is
     /// found within a tick without waking it.
     ticking: bool,
@@ -196,8 +196,8 @@ impl Settler {
     /// confirmed it; requeues it if the broker nacks the result or the publish fails.
     pub fn publishing(&self, delivery_tag: u64, task_id: TaskId, publishing: Publishing) {
         let mut inbox = self.inbox.lock();
-        inbox.confirms.push((delivery_tag, task_id, publishing));
-        if inbox.confirms.len() >= self.inbox.wake_every || !inbox.ticking {
+        inbox.publishes.push((delivery_tag, task_id, publishing));
+        if inbox.publishes.len() >= self.inbox.wake_every || !inbox.ticking {
             self.inbox.settling.wake();
         }
     }
@@ -252,7 +252,7 @@ async fn settle_loop(
             let mut happened = false;
             loop {
                 inbox.events.store(0, Ordering::SeqCst);
-                for (tag, task_id, publishing) in inbox.lock().confirms.drain(..) {
+                for (tag, task_id, publishing) in inbox.lock().publishes.drain(..) {
                     confirms.push(async move { (tag, task_id, publishing.await) });
                 }
                 while let Poll::Ready(message) = messages.poll_recv(cx) {
@@ -270,11 +270,11 @@ async fn settle_loop(
                     happened = true;
                     settled(&mut ledger, tag, settlement(task_id, confirmed));
                 }
-                // Under the lock the lanes leave confirms with: one left after the drain
+                // Under the lock the lanes leave publishes with: one left after the drain
                 // above is looked at now, and one left later finds `ticking` telling it
                 // whether it must wake the task.
                 let mut state = inbox.lock();
-                if state.confirms.is_empty() {
+                if state.publishes.is_empty() {
                     state.ticking = !confirms.is_empty();
                     break;
                 }

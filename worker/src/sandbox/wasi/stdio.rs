@@ -98,14 +98,6 @@ impl Stdio {
         self.read += n;
         n
     }
-
-    fn capture(&mut self, stream: Stream) -> Option<&mut OutputCapture> {
-        match stream {
-            Stream::Out => Some(&mut self.stdout),
-            Stream::Err => Some(&mut self.stderr),
-            Stream::In => None,
-        }
-    }
 }
 
 /// Defines the descriptor calls whose answer depends on the streams.
@@ -204,20 +196,23 @@ fn fd_write(
     iovs_len: u32,
     nwritten_out: u32,
 ) -> wasmtime::Result<i32> {
-    let Some(stream) = caller.data().stdio.stream_at(fd) else {
-        return Ok(BADF);
+    let to_stdout = match caller.data().stdio.stream_at(fd) {
+        Some(Stream::Out) => true,
+        Some(Stream::Err) => false,
+        Some(Stream::In) | None => return Ok(BADF),
     };
-    if stream == Stream::In {
-        return Ok(BADF);
-    }
     transfer(
         &mut caller,
         iovs,
         iovs_len,
         nwritten_out,
-        |stdio, buffer| match stdio.capture(stream) {
-            Some(capture) => capture.append(buffer).map(|()| buffer.len()),
-            None => Ok(0),
+        |stdio, buffer| {
+            let capture = if to_stdout {
+                &mut stdio.stdout
+            } else {
+                &mut stdio.stderr
+            };
+            capture.append(buffer).map(|()| buffer.len())
         },
     )
 }
