@@ -58,11 +58,13 @@ pub struct RunArgs {
     #[command(flatten)]
     pub topology: Topology,
 
-    /// Deliveries the broker may send before acks (per consumer). Default: 32 per lane
-    /// thread. Tasks beyond the running ones wait for a lane or for their result's confirm;
-    /// they hold no pool slot (instances exist only while a thread runs them), so a large
-    /// prefetch cannot exhaust the pool; it only keeps the broker round trip and the publisher
-    /// confirm latency off the critical path. Memory bound: prefetch × --max-message.
+    /// Deliveries the broker may send before acks (per consumer). Default: 128 per lane
+    /// thread, for short tasks: tasks beyond the running ones wait for a lane or for their
+    /// result's confirm, which keeps the broker round trip and the confirm latency off the
+    /// critical path. They hold no pool slot (instances exist only while a thread runs them),
+    /// so a large prefetch cannot exhaust the pool. For tasks of seconds, set a few per lane:
+    /// a worker holding many waiting tasks starves idle workers. Memory bound: prefetch ×
+    /// --max-message.
     #[arg(long, env = "WARREN_PREFETCH")]
     pub prefetch: Option<u16>,
 
@@ -103,9 +105,13 @@ pub struct RunArgs {
     pub test_crash_on_module: Option<String>,
 }
 
-/// Default deliveries outstanding per lane: enough to hide a broker round trip plus a
-/// publisher confirm (a few ms here) behind tasks of a few µs.
-pub const PREFETCH_PER_THREAD: usize = 32;
+/// Default deliveries outstanding per lane. The window must cover a task's whole round trip —
+/// delivery, run, publish, the result's confirm (a quorum queue confirms after its log is
+/// written: milliseconds), the ack — or the worker idles waiting for the broker: with 32 per
+/// lane two lanes topped out at ~25 k trivial tasks/s, with 128 at ~31–34 k (`bench queue
+/// --worker-arg=--prefetch=N`, BENCHMARKS.md). Long tasks want a small `--prefetch` instead,
+/// so idle workers are not starved by a busy one holding the queue's tasks.
+pub const PREFETCH_PER_THREAD: usize = 128;
 
 /// Shared state of a running worker.
 pub struct Worker {
