@@ -108,19 +108,20 @@ pub fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> 
         WASI,
         "fd_pread",
         |caller: Caller<'_, SandboxState>, fd: u32, _: u32, _: u32, _: u64, _: u32| {
-            unseekable(&caller, fd, Stream::In)
+            on_stream(&caller, fd, |stream| match stream {
+                Stream::In => SPIPE,
+                Stream::Out | Stream::Err => BADF,
+            })
         },
     )?;
     linker.func_wrap(
         WASI,
         "fd_pwrite",
-        |caller: Caller<'_, SandboxState>, fd: u32, _: u32, _: u32, _: u64, _: u32| match caller
-            .data()
-            .stdio
-            .stream_at(fd)
-        {
-            Some(Stream::Out | Stream::Err) => SPIPE,
-            _ => BADF,
+        |caller: Caller<'_, SandboxState>, fd: u32, _: u32, _: u32, _: u64, _: u32| {
+            on_stream(&caller, fd, |stream| match stream {
+                Stream::Out | Stream::Err => SPIPE,
+                Stream::In => BADF,
+            })
         },
     )?;
     linker.func_wrap(
@@ -138,38 +139,42 @@ pub fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> 
     linker.func_wrap(
         WASI,
         "fd_seek",
-        |caller: Caller<'_, SandboxState>, fd: u32, _: i64, _: u32, _: u32| seek(&caller, fd),
+        |caller: Caller<'_, SandboxState>, fd: u32, _: i64, _: u32, _: u32| {
+            on_stream(&caller, fd, |_| SPIPE)
+        },
     )?;
     linker.func_wrap(
         WASI,
         "fd_tell",
-        |caller: Caller<'_, SandboxState>, fd: u32, _: u32| seek(&caller, fd),
+        |caller: Caller<'_, SandboxState>, fd: u32, _: u32| on_stream(&caller, fd, |_| SPIPE),
     )?;
     linker.func_wrap(WASI, "fd_fdstat_get", fd_fdstat_get)?;
     linker.func_wrap(WASI, "fd_filestat_get", fd_filestat_get)?;
     linker.func_wrap(
         WASI,
         "sock_accept",
-        |caller: Caller<'_, SandboxState>, fd: u32, _: u32, _: u32| not_a_socket(&caller, fd),
+        |caller: Caller<'_, SandboxState>, fd: u32, _: u32, _: u32| {
+            on_stream(&caller, fd, |_| NOTSOCK)
+        },
     )?;
     linker.func_wrap(
         WASI,
         "sock_recv",
         |caller: Caller<'_, SandboxState>, fd: u32, _: u32, _: u32, _: u32, _: u32, _: u32| {
-            not_a_socket(&caller, fd)
+            on_stream(&caller, fd, |_| NOTSOCK)
         },
     )?;
     linker.func_wrap(
         WASI,
         "sock_send",
         |caller: Caller<'_, SandboxState>, fd: u32, _: u32, _: u32, _: u32, _: u32| {
-            not_a_socket(&caller, fd)
+            on_stream(&caller, fd, |_| NOTSOCK)
         },
     )?;
     linker.func_wrap(
         WASI,
         "sock_shutdown",
-        |caller: Caller<'_, SandboxState>, fd: u32, _: u32| not_a_socket(&caller, fd),
+        |caller: Caller<'_, SandboxState>, fd: u32, _: u32| on_stream(&caller, fd, |_| NOTSOCK),
     )?;
     Ok(())
 }
@@ -248,30 +253,11 @@ fn fd_filestat_get(
     })
 }
 
-/// Seeking or telling a stream is `ESPIPE`; anything else is not a descriptor.
-fn seek(caller: &Caller<'_, SandboxState>, fd: u32) -> i32 {
-    if caller.data().stdio.is_open(fd) {
-        SPIPE
-    } else {
-        BADF
-    }
-}
-
-/// Positional I/O on `stream` is `ESPIPE`; on another stream or no stream, `EBADF`.
-fn unseekable(caller: &Caller<'_, SandboxState>, fd: u32, stream: Stream) -> i32 {
-    if caller.data().stdio.stream_at(fd) == Some(stream) {
-        SPIPE
-    } else {
-        BADF
-    }
-}
-
-fn not_a_socket(caller: &Caller<'_, SandboxState>, fd: u32) -> i32 {
-    if caller.data().stdio.is_open(fd) {
-        NOTSOCK
-    } else {
-        BADF
-    }
+/// The answer of a call that cannot apply to a stream: `answer(stream)` for the stream at `fd`
+/// (`ESPIPE` for seeking or positional I/O in its direction, `ENOTSOCK` for socket calls, …),
+/// `EBADF` when `fd` names none.
+fn on_stream(caller: &Caller<'_, SandboxState>, fd: u32, answer: fn(Stream) -> i32) -> i32 {
+    caller.data().stdio.stream_at(fd).map_or(BADF, answer)
 }
 
 /// Runs `each` over the guest buffers that `iovs_len` (c)iovecs at `iovs` describe, in order,
