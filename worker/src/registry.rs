@@ -5,8 +5,9 @@
 //!   version) or `name@<digest prefix>` (an exact version; the last [`VERSIONS_KEPT`] versions of
 //!   a name stay loaded so pinned tasks keep working across an update).
 //! - **AOT cache**: `Engine::precompile_module` output is stored as `<digest>-<engine hash>.cwasm`
-//!   and loaded with `Module::deserialize_file`, which maps the file so copy-on-write memory
-//!   images come straight from it. A restart with a warm cache compiles nothing.
+//!   and loaded with `Module::deserialize_file` into each of the sandbox's shard engines; each
+//!   maps the file, so copy-on-write memory images come straight from it (and the page cache
+//!   holds one copy). A restart with a warm cache compiles nothing.
 //! - **Reload**: [`ModuleRegistry::load_dir`] rescans the directory, (re)loading only files whose
 //!   size or mtime changed; `crate::watch` calls it when the directory changes. A task holds an
 //!   `Arc` of its version, so tasks running on an old version finish on it. A file that fails to
@@ -28,9 +29,9 @@ use std::time::{Instant, SystemTime};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 use warren_schemas::{ModuleRef, ResolvedModule};
-use wasmtime::{InstancePre, Module};
+use wasmtime::{Engine, Module};
 
-use crate::sandbox::{Sandbox, SandboxState};
+use crate::sandbox::{Sandbox, WarmModule};
 
 /// Versions of one name kept loaded for `name@digest` lookups.
 pub const VERSIONS_KEPT: usize = 4;
@@ -41,8 +42,8 @@ pub struct LoadedModule {
     pub name: String,
     /// Lowercase hex sha256 of the `.wasm` bytes.
     pub digest: String,
-    /// Imports resolved against the sandbox's linker.
-    pub pre: InstancePre<SandboxState>,
+    /// Imports resolved against each shard's linker.
+    pub pre: WarmModule,
     /// Where it was loaded from.
     pub path: PathBuf,
 }
@@ -328,12 +329,12 @@ impl ModuleRegistry {
             path: path.to_owned(),
             reason,
         };
-        let (module, cached) = self
+        let (modules, cached) = self
             .cached_module(&bytes, &digest)
             .map_err(|e| invalid(format!("{e:#}")))?;
         let pre = self
             .sandbox
-            .prepare(&module)
+            .prepare(&modules)
             .map_err(|e| invalid(format!("{e:#}")))?;
         Ok((
             Arc::new(LoadedModule {
@@ -346,17 +347,19 @@ impl ModuleRegistry {
         ))
     }
 
-    /// The compiled module for `bytes`, from the AOT cache when it has it.
-    fn cached_module(&self, bytes: &[u8], digest: &str) -> anyhow::Result<(Module, bool)> {
+    /// The module for `bytes` compiled for every shard, from the AOT cache when it has it.
+    fn cached_module(&self, bytes: &[u8], digest: &str) -> anyhow::Result<(Vec<Module>, bool)> {
         let engine = self.sandbox.engine();
         let file = self
             .cache_dir
             .join(format!("{digest}-{}.cwasm", self.engine_hash));
+        // SAFETY (every `deserialize_file` below): the cache holds only files this function
+        // wrote from `Engine::precompile_module`; the directory is the worker's own (see module
+        // docs). All shards share one configuration, so shard 0's artifact fits each.
+        let from_file = |engine: &Engine| unsafe { Module::deserialize_file(engine, &file) };
         if file.is_file() {
-            // SAFETY: the cache holds only files this function wrote from
-            // `Engine::precompile_module`; the directory is the worker's own (see module docs).
-            match unsafe { Module::deserialize_file(engine, &file) } {
-                Ok(module) => return Ok((module, true)),
+            match self.for_each_shard(from_file) {
+                Ok(modules) => return Ok((modules, true)),
                 Err(error) => {
                     warn!(file = %file.display(), %error, "unusable AOT cache entry; recompiling")
                 }
@@ -364,14 +367,23 @@ impl ModuleRegistry {
         }
         let compiled = engine.precompile_module(bytes)?;
         match write_atomically(&self.cache_dir, &file, &compiled) {
-            // SAFETY: as above — we just wrote this file from `precompile_module`.
-            Ok(()) => Ok((unsafe { Module::deserialize_file(engine, &file)? }, false)),
+            Ok(()) => Ok((self.for_each_shard(from_file)?, false)),
             Err(error) => {
                 warn!(dir = %self.cache_dir.display(), %error, "AOT cache not writable; keeping the module in memory only");
-                // SAFETY: `compiled` came from `precompile_module` on this engine just above.
-                Ok((unsafe { Module::deserialize(engine, &compiled)? }, false))
+                // SAFETY: `compiled` came from `precompile_module` on shard 0's engine just
+                // above, and every shard has its configuration.
+                let from_memory =
+                    |engine: &Engine| unsafe { Module::deserialize(engine, &compiled) };
+                Ok((self.for_each_shard(from_memory)?, false))
             }
         }
+    }
+
+    fn for_each_shard(
+        &self,
+        load: impl Fn(&Engine) -> wasmtime::Result<Module>,
+    ) -> wasmtime::Result<Vec<Module>> {
+        self.sandbox.engines().map(load).collect()
     }
 
     fn install(&self, module: Arc<LoadedModule>) {

@@ -4,6 +4,7 @@
 //! The daemon's lanes and `warren-worker exec` both go through [`TaskRunner::run_here`], so the
 //! local exec a module author tries is exactly what a queued task gets.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -23,39 +24,57 @@ pub struct TaskRunner {
     slots: Slots,
 }
 
-/// Pool instance slots free for callers of [`TaskRunner::run_here`]: a caller beyond the pool's
-/// size waits for a slot instead of finding the pool empty. The daemon's lanes never wait
-/// (there are as many lanes as slots); the gate is for every other caller.
+/// The sandbox's shards free for callers of [`TaskRunner::run_here`] (each shard's pool has one
+/// slot): a caller beyond the shard count waits for one instead of finding a pool empty. The
+/// daemon's lanes never wait (there are as many lanes as shards); the gate is for every other
+/// caller. A thread gets the shard it used last when that one is free, so each lane keeps its
+/// own engine, slot and warm pages.
 struct Slots {
-    state: Mutex<SlotCount>,
+    state: Mutex<SlotState>,
     freed: Condvar,
 }
 
-struct SlotCount {
-    free: usize,
-    /// Callers waiting for a slot: a freed slot signals the condvar only when there is one, so
+struct SlotState {
+    /// Per shard: is a caller running on it.
+    busy: Vec<bool>,
+    /// Callers waiting for a shard: a freed shard signals the condvar only when there is one, so
     /// the lanes (which never wait) pay an uncontended lock per task, not a futex wake.
     waiting: usize,
+}
+
+thread_local! {
+    /// The shard this thread ran on last.
+    static LAST_SHARD: Cell<usize> = const { Cell::new(0) };
 }
 
 impl Slots {
     fn new(count: usize) -> Self {
         Slots {
-            state: Mutex::new(SlotCount {
-                free: count,
+            state: Mutex::new(SlotState {
+                busy: vec![false; count.max(1)],
                 waiting: 0,
             }),
             freed: Condvar::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, SlotCount> {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn take(&self) -> SlotGuard<'_> {
         let mut state = self.lock();
-        while state.free == 0 {
+        loop {
+            let last = LAST_SHARD.with(Cell::get);
+            let free = match state.busy.get(last) {
+                Some(false) => Some(last),
+                _ => state.busy.iter().position(|busy| !busy),
+            };
+            if let Some(shard) = free {
+                state.busy[shard] = true;
+                LAST_SHARD.with(|cell| cell.set(shard));
+                return SlotGuard { slots: self, shard };
+            }
             state.waiting += 1;
             state = self
                 .freed
@@ -63,19 +82,20 @@ impl Slots {
                 .unwrap_or_else(PoisonError::into_inner);
             state.waiting -= 1;
         }
-        state.free -= 1;
-        SlotGuard(self)
     }
 }
 
-struct SlotGuard<'a>(&'a Slots);
+struct SlotGuard<'a> {
+    slots: &'a Slots,
+    shard: usize,
+}
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        let mut state = self.0.lock();
-        state.free += 1;
+        let mut state = self.slots.lock();
+        state.busy[self.shard] = false;
         if state.waiting > 0 {
-            self.0.freed.notify_one();
+            self.slots.freed.notify_one();
         }
     }
 }
@@ -99,7 +119,7 @@ enum Prepared {
 impl TaskRunner {
     /// A runner for `registry`'s modules, naming itself `worker_id` in results.
     pub fn new(registry: Arc<ModuleRegistry>, worker_id: impl Into<String>) -> Self {
-        let slots = Slots::new(registry.sandbox().config().concurrency());
+        let slots = Slots::new(registry.sandbox().shard_count());
         TaskRunner {
             registry,
             worker_id: worker_id.into(),
@@ -129,7 +149,7 @@ impl TaskRunner {
             Prepared::Done(execution) => finish(&self.worker_id, header, None, execution),
             Prepared::Run(module, call) => {
                 let slot = self.slots.take();
-                let execution = run_guarded(self.registry.sandbox(), &module, call);
+                let execution = run_guarded(self.registry.sandbox(), slot.shard, &module, call);
                 drop(slot);
                 finish(&self.worker_id, header, Some(&module), execution)
             }
@@ -175,11 +195,16 @@ impl TaskRunner {
     }
 }
 
-/// Runs `call` on `module` in `sandbox`, turning a panic into a trapped outcome.
-fn run_guarded(sandbox: &Sandbox, module: &LoadedModule, call: GuestCall) -> Execution {
+/// Runs `call` on `module` in `sandbox`'s `shard`, turning a panic into a trapped outcome.
+fn run_guarded(
+    sandbox: &Sandbox,
+    shard: usize,
+    module: &LoadedModule,
+    call: GuestCall,
+) -> Execution {
     // The sandbox maps every guest behaviour to an outcome; a panic here would be a bug in
     // warren or wasmtime, and it still must not take the thread (and the slot) with it.
-    catch_unwind(AssertUnwindSafe(|| sandbox.run(&module.pre, call))).unwrap_or_else(|panic| {
+    catch_unwind(AssertUnwindSafe(|| sandbox.run(shard, &module.pre, call))).unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -243,4 +268,45 @@ pub fn default_worker_id() -> String {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "worker".into());
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callers_at_once_get_distinct_shards_and_a_thread_gets_its_own_back() {
+        let slots = Slots::new(2);
+        let mine = slots.take();
+        let first = mine.shard;
+        let (other, other_again) = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let other = slots.take().shard;
+                    // Freed and taken again by the same thread: the same shard.
+                    (other, slots.take().shard)
+                })
+                .join()
+                .unwrap()
+        });
+        assert_ne!(first, other, "two callers at once shared a shard");
+        assert_eq!(other, other_again);
+        drop(mine);
+        assert_eq!(slots.take().shard, first);
+    }
+
+    #[test]
+    fn a_caller_beyond_the_shards_waits_for_one() {
+        let slots = Slots::new(1);
+        let held = slots.take();
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| slots.take().shard);
+            // The waiter can only finish once the shard is given back.
+            while slots.lock().waiting == 0 {
+                std::thread::yield_now();
+            }
+            drop(held);
+            assert_eq!(waiter.join().unwrap(), 0);
+        });
+    }
 }

@@ -1,6 +1,8 @@
 //! `warren-worker bench executor`: warren's whole task path without a broker, on all cores, next
-//! to the smallest loop raw wasmtime allows on the same engine and module — fresh store,
-//! instantiate from an `InstancePre`, call `_start`, drop — measured in the same run.
+//! to the smallest loop raw wasmtime allows on the same engines and module — fresh store,
+//! instantiate from an `InstancePre`, call `_start`, drop — measured in the same run. Each raw
+//! thread uses its own shard's engine, as each of warren's lanes does, so the ratio is warren's
+//! per-task work alone.
 //!
 //! The ratio says what warren's per-task work costs over the bare minimum: decoding the task
 //! message, the look-up and task → call translation, the guest's WASI state with captured stdio,
@@ -136,18 +138,25 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// The bare minimum on `threads` threads: fresh store with an empty wasmtime-wasi context (the
 /// stock way to give a command its imports), instantiate from a pre-linked module, call
-/// `_start`, drop.
+/// `_start`, drop. Thread `i` uses shard `i`'s engine and compiled module.
 fn raw_loop(
     sandbox: &Sandbox,
     module: &LoadedModule,
     threads: usize,
     duration: Duration,
 ) -> anyhow::Result<f64> {
-    let engine = sandbox.engine();
-    let mut linker: Linker<WasiP1Ctx> = Linker::new(engine);
-    add_to_linker_sync(&mut linker, |ctx| ctx)?;
-    let pre = linker.instantiate_pre(module.pre.module())?;
-    tasks_per_second(threads, duration, "raw loop", || {
+    let shards = sandbox
+        .engines()
+        .enumerate()
+        .map(|(shard, engine)| {
+            let mut linker: Linker<WasiP1Ctx> = Linker::new(engine);
+            add_to_linker_sync(&mut linker, |ctx| ctx)?;
+            let pre = linker.instantiate_pre(module.pre.pre(shard).module())?;
+            Ok((engine, pre))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    tasks_per_second(threads, duration, "raw loop", |thread| {
+        let (engine, pre) = &shards[thread % shards.len()];
         let mut store = Store::new(engine, WasiCtxBuilder::new().build_p1());
         // The engine interrupts on epochs; this store must not be interrupted.
         store.set_epoch_deadline(u64::MAX / 2);
@@ -168,7 +177,7 @@ fn warren_loop(
     duration: Duration,
 ) -> anyhow::Result<f64> {
     let message = encode(&Task::new(module.parse::<ModuleRef>()?, Vec::new()));
-    tasks_per_second(threads, duration, "warren loop", || {
+    tasks_per_second(threads, duration, "warren loop", |_| {
         let task: Task = decode(&message, message.len())?;
         let result = runner.run_here(task, 1);
         if !result.outcome.is_success() {
@@ -179,22 +188,23 @@ fn warren_loop(
     })
 }
 
-/// Runs `task` over and over on `threads` threads for `duration`; tasks per second, all threads
-/// together. `side` names the loop in errors.
+/// Runs `task` (given the thread's index) over and over on `threads` threads for `duration`;
+/// tasks per second, all threads together. `side` names the loop in errors.
 fn tasks_per_second(
     threads: usize,
     duration: Duration,
     side: &str,
-    task: impl Fn() -> anyhow::Result<()> + Sync,
+    task: impl Fn(usize) -> anyhow::Result<()> + Sync,
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
     let counts = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| -> anyhow::Result<u64> {
+            .map(|thread| {
+                let task = &task;
+                scope.spawn(move || -> anyhow::Result<u64> {
                     let mut done = 0;
                     while started.elapsed() < duration {
-                        task()?;
+                        task(thread)?;
                         done += 1;
                     }
                     Ok(done)

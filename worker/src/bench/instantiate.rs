@@ -102,13 +102,15 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
             for threads in thread_counts {
                 let row = match allocation {
                     Allocation::Pooled | Allocation::OnDemandCow => {
-                        measure_threads(threads, args.duration, || {
-                            sandbox.run(&module.pre, call.clone())
+                        measure_threads(threads, args.duration, |shard| {
+                            sandbox.run(shard, &module.pre, call.clone())
                         })?
                     }
-                    Allocation::OnDemandCopy => measure_threads(threads, args.duration, || {
-                        sandbox.run_with(call.clone(), |store| {
-                            sandbox.linker().instantiate(store, module.pre.module())
+                    Allocation::OnDemandCopy => measure_threads(threads, args.duration, |shard| {
+                        sandbox.run_with(shard, call.clone(), |store| {
+                            sandbox
+                                .linker(shard)
+                                .instantiate(store, module.pre.pre(shard).module())
                         })
                     })?,
                 };
@@ -139,20 +141,21 @@ fn bench_call(module: &LoadedModule) -> GuestCall {
     }
 }
 
-/// Runs `task` in a loop on `threads` threads for `duration`.
+/// Runs `task` in a loop on `threads` threads for `duration`; thread `i` runs on shard `i`.
 fn measure_threads(
     threads: usize,
     duration: Duration,
-    task: impl Fn() -> Execution + Sync,
+    task: impl Fn(usize) -> Execution + Sync,
 ) -> anyhow::Result<BenchRow> {
     let started = Instant::now();
     let per_thread = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
+            .map(|shard| {
+                let task = &task;
+                scope.spawn(move || {
                     let mut samples = Vec::new();
                     while started.elapsed() < duration {
-                        let execution = task();
+                        let execution = task(shard);
                         if !execution.outcome.is_success() {
                             return Err(execution.outcome);
                         }

@@ -6,6 +6,15 @@
 //! task's pairs, a monotonic and a wall clock, random — and nothing else: no preopened
 //! directories, no sockets, no host environment. Each task gets its own store, so nothing leaks
 //! from one task to the next.
+//!
+//! **Shards.** A sandbox is as many engines as tasks may run at once, each with its own pool
+//! (of `--warm-modules` slots, so a lane keeps that many modules' images mapped), and each caller
+//! runs on a shard no one else is using
+//! ([`TaskRunner`](crate::runner::TaskRunner) hands them out, preferring the one the calling
+//! thread used last). With one engine shared by all threads, every instantiation and slot reset
+//! took the pool's locks and picked up a slot (its instance state, its dirtied pages) last used on
+//! the other core: `bench instantiate` measured two threads at 1.15× one thread's tasks/s; one
+//! engine per thread reaches 1.85× (BENCHMARKS.md, "What moved the numbers").
 
 mod outcome;
 mod output;
@@ -24,12 +33,37 @@ pub use output::{OutputCapture, OutputLimitExceeded, OverflowPolicy};
 pub use state::{SandboxState, TaskLimiter, WallClockExceeded};
 pub use wasi::GuestExit;
 
-/// The engine, the WASI linker and the caps every task runs under.
+/// The engines (one per shard), their WASI linkers and the caps every task runs under.
 pub struct Sandbox {
-    engine: Engine,
-    linker: Linker<SandboxState>,
+    shards: Vec<Shard>,
     config: SandboxConfig,
 }
+
+/// One engine with its own pool, and WASI linked for it. One task runs on it at a time.
+struct Shard {
+    engine: Engine,
+    linker: Linker<SandboxState>,
+}
+
+/// A module compiled for and linked into every shard: one warm `InstancePre` per shard.
+pub struct WarmModule {
+    per_shard: Vec<InstancePre<SandboxState>>,
+}
+
+impl WarmModule {
+    /// The compiled module (shard 0's copy).
+    pub fn module(&self) -> &Module {
+        self.per_shard[0].module()
+    }
+
+    /// The `InstancePre` for `shard`.
+    pub fn pre(&self, shard: usize) -> &InstancePre<SandboxState> {
+        &self.per_shard[shard % self.per_shard.len()]
+    }
+}
+
+/// Address space a pool may reserve in all: a 47-bit user address space, half of it.
+const MAX_POOL_BYTES: u64 = 1 << 46;
 
 /// What a guest is given for one run.
 #[derive(Debug, Clone, Default)]
@@ -92,25 +126,59 @@ impl Execution {
 }
 
 impl Sandbox {
-    /// Builds the engine (with `allocation`), starts its epoch ticker and links WASI.
+    /// Builds one engine per shard (with `allocation`; one shard per task that may run at
+    /// once), starts their epoch ticker and links WASI into each.
     pub fn new(config: SandboxConfig, allocation: Allocation) -> Result<Self, EngineError> {
-        let engine = build_engine(&config, allocation)?;
-        start_epoch_ticker(&engine, &config).map_err(|e| {
+        let count = config.concurrency();
+        let slots = count.saturating_mul(config.warm_modules);
+        let per_slot = config.memory_reservation + config.memory_guard;
+        let pool_error = |source| EngineError::PoolReservation {
+            slots,
+            reserved_gib: (slots as f64 * per_slot as f64) / (1u64 << 30) as f64,
+            source,
+        };
+        if allocation == Allocation::Pooled
+            && (slots as u64).saturating_mul(per_slot) > MAX_POOL_BYTES
+        {
+            return Err(pool_error(wasmtime::Error::msg(
+                "more than the 64 TiB of address space a process can reserve",
+            )));
+        }
+        let shards = (0..count)
+            .map(|_| {
+                let engine = match build_engine(&config, allocation, config.warm_modules) {
+                    Err(EngineError::PoolReservation { source, .. }) => {
+                        return Err(pool_error(source))
+                    }
+                    other => other?,
+                };
+                let mut linker = Linker::new(&engine);
+                wasi::add_to_linker(&mut linker)
+                    .map_err(|e| EngineError::InvalidConfig(format!("cannot link WASI: {e:#}")))?;
+                Ok(Shard { engine, linker })
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        let engines: Vec<Engine> = shards.iter().map(|s| s.engine.clone()).collect();
+        start_epoch_ticker(&engines, &config).map_err(|e| {
             EngineError::InvalidConfig(format!("cannot start the epoch ticker thread: {e}"))
         })?;
-        let mut linker = Linker::new(&engine);
-        wasi::add_to_linker(&mut linker)
-            .map_err(|e| EngineError::InvalidConfig(format!("cannot link WASI: {e:#}")))?;
-        Ok(Sandbox {
-            engine,
-            linker,
-            config,
-        })
+        Ok(Sandbox { shards, config })
     }
 
-    /// The engine modules must be compiled for.
+    /// How many shards (engines) there are: one per task that may run at once.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Every shard's engine; a module must be compiled for each ([`Sandbox::prepare`]).
+    pub fn engines(&self) -> impl ExactSizeIterator<Item = &Engine> {
+        self.shards.iter().map(|shard| &shard.engine)
+    }
+
+    /// Shard 0's engine: modules are precompiled with it (all shards share one configuration,
+    /// so its artifacts load into every shard).
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.shards[0].engine
     }
 
     /// The configuration the sandbox was built with.
@@ -118,20 +186,38 @@ impl Sandbox {
         &self.config
     }
 
-    /// The linker with WASI preview1 defined.
-    pub fn linker(&self) -> &Linker<SandboxState> {
-        &self.linker
+    /// `shard`'s linker, with WASI preview1 defined.
+    pub fn linker(&self, shard: usize) -> &Linker<SandboxState> {
+        &self.shard(shard).linker
     }
 
-    /// Resolves `module`'s imports once, so each task only allocates and initialises. Fails,
+    fn shard(&self, shard: usize) -> &Shard {
+        &self.shards[shard % self.shards.len()]
+    }
+
+    /// Resolves a module's imports once per shard (`modules[i]` compiled for shard `i`'s
+    /// engine, see [`Sandbox::engines`]), so each task only allocates and initialises. Fails,
     /// naming the import, when the module needs something the sandbox does not provide, and
     /// when it is not a WASI command.
-    pub fn prepare(&self, module: &Module) -> wasmtime::Result<InstancePre<SandboxState>> {
-        match module.get_export("_start") {
+    pub fn prepare(&self, modules: &[Module]) -> wasmtime::Result<WarmModule> {
+        if modules.len() != self.shards.len() {
+            wasmtime::bail!(
+                "{} compiled copies for {} shards",
+                modules.len(),
+                self.shards.len()
+            );
+        }
+        match modules[0].get_export("_start") {
             Some(wasmtime::ExternType::Func(_)) => {}
             _ => wasmtime::bail!("not a WASI command: the module has no `_start` function export"),
         }
-        self.linker.instantiate_pre(module)
+        let per_shard = self
+            .shards
+            .iter()
+            .zip(modules)
+            .map(|(shard, module)| shard.linker.instantiate_pre(module))
+            .collect::<wasmtime::Result<_>>()?;
+        Ok(WarmModule { per_shard })
     }
 
     /// The task's limits clamped to the worker's caps.
@@ -146,15 +232,17 @@ impl Sandbox {
         }
     }
 
-    /// Runs `call` in a fresh instance of `pre`.
-    pub fn run(&self, pre: &InstancePre<SandboxState>, call: GuestCall) -> Execution {
-        self.run_with(call, |store| pre.instantiate(store))
+    /// Runs `call` in a fresh instance of `module` on `shard`, which no other thread may be
+    /// using at the same time.
+    pub fn run(&self, shard: usize, module: &WarmModule, call: GuestCall) -> Execution {
+        self.run_with(shard, call, |store| module.pre(shard).instantiate(store))
     }
 
-    /// Runs `call` in an instance made by `instantiate` — the benchmark's hook for comparing
-    /// instantiation strategies; everything else about the run is identical.
+    /// Runs `call` on `shard` in an instance made by `instantiate` — the benchmark's hook for
+    /// comparing instantiation strategies; everything else about the run is identical.
     pub fn run_with(
         &self,
+        shard: usize,
         call: GuestCall,
         instantiate: impl FnOnce(&mut Store<SandboxState>) -> wasmtime::Result<Instance>,
     ) -> Execution {
@@ -162,7 +250,7 @@ impl Sandbox {
             return Execution::refused(Outcome::InvalidTask { reason });
         }
         let limits = self.limits(&call.limits);
-        let mut store = self.new_store(call, &limits);
+        let mut store = self.new_store(self.shard(shard), call, &limits);
 
         let started = Instant::now();
         let instance = instantiate(&mut store);
@@ -190,7 +278,7 @@ impl Sandbox {
         }
     }
 
-    fn new_store(&self, call: GuestCall, limits: &Limits) -> Store<SandboxState> {
+    fn new_store(&self, shard: &Shard, call: GuestCall, limits: &Limits) -> Store<SandboxState> {
         let origin = Instant::now();
         let args = std::iter::once(&call.program).chain(&call.args);
         let state = SandboxState {
@@ -215,7 +303,7 @@ impl Sandbox {
             clock_origin: origin,
             deadline: origin + limits.timeout,
         };
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&shard.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(epoch_ticks(limits.timeout, self.config.epoch_tick));
         store
