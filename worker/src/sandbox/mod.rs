@@ -51,11 +51,6 @@ pub struct WarmModule {
 }
 
 impl WarmModule {
-    /// The compiled module (shard 0's copy).
-    pub fn module(&self) -> &Module {
-        self.per_shard[0].module()
-    }
-
     /// The `InstancePre` for `shard`.
     pub fn pre(&self, shard: usize) -> &InstancePre<SandboxState> {
         &self.per_shard[shard % self.per_shard.len()]
