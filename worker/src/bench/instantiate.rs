@@ -107,7 +107,8 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
                         })?
                     }
                     Allocation::OnDemandCopy => measure_threads(threads, args.duration, |shard| {
-                        sandbox.run_with(shard, call.clone(), |store| {
+                        let exports = module.pre.exports(shard);
+                        sandbox.run_with(shard, call.clone(), exports, |store| {
                             sandbox
                                 .linker(shard)
                                 .instantiate(store, module.pre.pre(shard).module())

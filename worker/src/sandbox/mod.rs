@@ -16,6 +16,7 @@
 //! the other core: `bench instantiate` measured two threads at 1.15× one thread's tasks/s; one
 //! engine per thread reaches 1.85× (BENCHMARKS.md, "What moved the numbers").
 
+mod exports;
 mod outcome;
 mod output;
 mod state;
@@ -29,6 +30,7 @@ use wasmtime::{Engine, Instance, InstancePre, Linker, Module, Store};
 use crate::config::SandboxConfig;
 use crate::engine::{build_engine, start_epoch_ticker, Allocation, EngineError};
 
+pub use exports::GuestExports;
 pub use output::{OutputCapture, OutputLimitExceeded, OverflowPolicy};
 pub use state::{SandboxState, TaskLimiter, WallClockExceeded};
 pub use wasi::GuestExit;
@@ -45,15 +47,21 @@ struct Shard {
     linker: Linker<SandboxState>,
 }
 
-/// A module compiled for and linked into every shard: one warm `InstancePre` per shard.
+/// A module compiled for and linked into every shard: one warm `InstancePre` per shard, and
+/// where its entry point and memory are.
 pub struct WarmModule {
-    per_shard: Vec<InstancePre<SandboxState>>,
+    per_shard: Vec<(InstancePre<SandboxState>, GuestExports)>,
 }
 
 impl WarmModule {
     /// The `InstancePre` for `shard`.
     pub fn pre(&self, shard: usize) -> &InstancePre<SandboxState> {
-        &self.per_shard[shard % self.per_shard.len()]
+        &self.per_shard[shard % self.per_shard.len()].0
+    }
+
+    /// `_start` and `memory` of `shard`'s compiled copy.
+    pub fn exports(&self, shard: usize) -> &GuestExports {
+        &self.per_shard[shard % self.per_shard.len()].1
     }
 }
 
@@ -202,15 +210,14 @@ impl Sandbox {
                 self.shards.len()
             );
         }
-        match modules[0].get_export("_start") {
-            Some(wasmtime::ExternType::Func(_)) => {}
-            _ => wasmtime::bail!("not a WASI command: the module has no `_start` function export"),
-        }
         let per_shard = self
             .shards
             .iter()
             .zip(modules)
-            .map(|(shard, module)| shard.linker.instantiate_pre(module))
+            .map(|(shard, module)| {
+                let exports = GuestExports::of(module)?;
+                Ok((shard.linker.instantiate_pre(module)?, exports))
+            })
             .collect::<wasmtime::Result<_>>()?;
         Ok(WarmModule { per_shard })
     }
@@ -230,15 +237,19 @@ impl Sandbox {
     /// Runs `call` in a fresh instance of `module` on `shard`, which no other thread may be
     /// using at the same time.
     pub fn run(&self, shard: usize, module: &WarmModule, call: GuestCall) -> Execution {
-        self.run_with(shard, call, |store| module.pre(shard).instantiate(store))
+        self.run_with(shard, call, module.exports(shard), |store| {
+            module.pre(shard).instantiate(store)
+        })
     }
 
-    /// Runs `call` on `shard` in an instance made by `instantiate` — the benchmark's hook for
-    /// comparing instantiation strategies; everything else about the run is identical.
+    /// Runs `call` on `shard` in an instance made by `instantiate` (of the module `exports`
+    /// was taken from) — the benchmark's hook for comparing instantiation strategies;
+    /// everything else about the run is identical.
     pub fn run_with(
         &self,
         shard: usize,
         call: GuestCall,
+        exports: &GuestExports,
         instantiate: impl FnOnce(&mut Store<SandboxState>) -> wasmtime::Result<Instance>,
     ) -> Execution {
         if let Err(reason) = check_call(&call) {
@@ -251,7 +262,7 @@ impl Sandbox {
         let instance = instantiate(&mut store);
         let instantiated = Instant::now();
         let ended = instance.and_then(|instance| {
-            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            let start = exports.bind(&mut store, instance)?;
             start.call(&mut store, ())
         });
         let finished = Instant::now();
@@ -295,6 +306,7 @@ impl Sandbox {
                 max_table_elements: self.config.table_elements,
                 memory_limit_hit: false,
             },
+            memory: None,
             clock_origin: origin,
             deadline: origin + limits.timeout,
         };

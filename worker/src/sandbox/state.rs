@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use wasmtime::ResourceLimiter;
+use wasmtime::{Memory, ResourceLimiter};
 
 use super::wasi::{CommandLine, Stdio};
 
@@ -15,6 +15,9 @@ pub struct SandboxState {
     pub(crate) stdio: Stdio,
     /// Enforces the task's memory and table limits and remembers a refused growth.
     pub(crate) limiter: TaskLimiter,
+    /// The guest's exported memory, once instantiated: host calls use it without looking the
+    /// export up by name.
+    pub(crate) memory: Option<Memory>,
     /// Zero of the guest's monotonic clock; absolute monotonic sleeps are relative to it.
     pub(crate) clock_origin: Instant,
     /// Wall-clock instant at which blocking host calls stop waiting and the task times out.

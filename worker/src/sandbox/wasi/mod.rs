@@ -63,13 +63,18 @@ pub fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> 
 }
 
 /// Runs `answer` on the guest's memory and the store's state; `EFAULT` when the guest exports
-/// no memory.
+/// no memory. The memory is the one bound at instantiation; a call made before that (from a
+/// module's start function) looks the export up by name.
 fn with_memory(
     caller: &mut Caller<'_, SandboxState>,
     answer: impl FnOnce(&mut [u8], &mut SandboxState) -> wasmtime::Result<i32>,
 ) -> wasmtime::Result<i32> {
-    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-        return Ok(errno::FAULT);
+    let memory = match caller.data().memory {
+        Some(memory) => memory,
+        None => match caller.get_export("memory") {
+            Some(Extern::Memory(memory)) => memory,
+            _ => return Ok(errno::FAULT),
+        },
     };
     let (memory, state) = memory.data_and_store_mut(&mut *caller);
     answer(memory, state)
