@@ -104,7 +104,7 @@ pub struct QueueBenchArgs {
     #[arg(long, default_value_t = 0.5)]
     pub latency_load: f64,
 
-    /// Cases, in order. `null` should come first: the others report their ratio to it.
+    /// Cases, in order. With `null` among them, every case reports its ratio to it.
     #[arg(
         long,
         value_enum,
@@ -114,7 +114,8 @@ pub struct QueueBenchArgs {
     pub cases: Vec<Case>,
 
     /// Rounds: every case runs this many times, interleaved (null, trivial, …, null, trivial,
-    /// …), and each case reports the round with its median tasks/s. On a shared machine one
+    /// …), and each case reports the round with its median tasks/s, and the median of its
+    /// per-round ratios to `null` (each ratio taken within one round). On a shared machine one
     /// round can land on a noisy moment; interleaving spreads the noise over every case.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
@@ -143,8 +144,13 @@ pub struct QueueBenchRow {
     pub tasks: usize,
     /// Results per second while the queue drained.
     pub tasks_per_s: f64,
-    /// `tasks_per_s` over the null worker's, when the null case ran first.
+    /// Tasks/s over the null worker's in the same round, median over the rounds (when the null
+    /// case ran).
     pub ratio_to_null: Option<f64>,
+    /// Lowest of the per-round ratios.
+    pub ratio_to_null_min: Option<f64>,
+    /// Highest of the per-round ratios.
+    pub ratio_to_null_max: Option<f64>,
     /// Publishing rate of the latency phase.
     pub latency_rate_per_s: f64,
     /// Median submitted-at → result received.
@@ -195,22 +201,58 @@ pub fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<Vec<QueueBenchRo
                 rounds[slot].push(row);
             }
         }
-        let mut rows: Vec<QueueBenchRow> = rounds.into_iter().filter_map(median_round).collect();
-        let null_rate = rows
-            .iter()
-            .find(|row| row.case == Case::Null.name())
-            .map(|row| row.tasks_per_s);
-        for row in &mut rows {
-            row.ratio_to_null = null_rate.map(|null| row.tasks_per_s / null);
+        let null_slot = args.cases.iter().position(|&case| case == Case::Null);
+        let null_rates: Option<Vec<f64>> =
+            null_slot.map(|slot| rounds[slot].iter().map(|row| row.tasks_per_s).collect());
+        let mut rows = Vec::new();
+        for case_rounds in rounds {
+            let rates: Vec<f64> = case_rounds.iter().map(|row| row.tasks_per_s).collect();
+            let Some(mut row) = median_round(case_rounds) else {
+                continue;
+            };
+            if let Some(ratios) = null_rates
+                .as_deref()
+                .map(|null| paired_ratios(&rates, null))
+            {
+                row.ratio_to_null = ratios.median;
+                row.ratio_to_null_min = ratios.min;
+                row.ratio_to_null_max = ratios.max;
+            }
             if args.json {
                 println!("{}", serde_json::to_string(&row)?);
             }
+            rows.push(row);
         }
         if !args.json {
             print_table(&rows);
         }
         Ok(rows)
     })
+}
+
+/// Median, lowest and highest of the per-round ratios.
+#[derive(Debug, PartialEq)]
+struct Ratios {
+    median: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+}
+
+/// Each round's tasks/s (`rates`) over the null worker's in the same round: the two ran seconds
+/// apart, so a machine that drifts (a neighbour starts, the broker compacts its log) moves both
+/// alike, where the ratio of two medians could pair a fast null round with a slow one.
+fn paired_ratios(rates: &[f64], null_rates: &[f64]) -> Ratios {
+    let mut ratios: Vec<f64> = rates
+        .iter()
+        .zip(null_rates)
+        .map(|(rate, null)| rate / null)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    Ratios {
+        median: ratios.get(ratios.len() / 2).copied(),
+        min: ratios.first().copied(),
+        max: ratios.last().copied(),
+    }
 }
 
 /// The round with the median tasks/s, carrying the spread of all rounds.
@@ -350,6 +392,8 @@ async fn measure(
         tasks: n,
         tasks_per_s,
         ratio_to_null: None,
+        ratio_to_null_min: None,
+        ratio_to_null_max: None,
         rounds: 1,
         tasks_per_s_min: tasks_per_s,
         tasks_per_s_max: tasks_per_s,
@@ -559,12 +603,13 @@ impl WorkerProcesses {
 
 fn print_table(rows: &[QueueBenchRow]) {
     println!(
-        "{:<12} {:>5} {:>10} {:>13} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "{:<12} {:>5} {:>10} {:>13} {:>7} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "case",
         "procs",
         "tasks/s",
         "range",
         "×null",
+        "×null range",
         "e2e p50",
         "e2e p99",
         "inst p50",
@@ -574,18 +619,44 @@ fn print_table(rows: &[QueueBenchRow]) {
     let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}µs"));
     for row in rows {
         println!(
-            "{:<12} {:>5} {:>10.0} {:>13} {:>7} {:>8.2}ms {:>8.2}ms {:>10} {:>10} {:>8.1}µs",
+            "{:<12} {:>5} {:>10.0} {:>13} {:>7} {:>11} {:>8.2}ms {:>8.2}ms {:>10} {:>10} {:>8.1}µs",
             row.case,
             row.processes,
             row.tasks_per_s,
             format!("{:.0}–{:.0}", row.tasks_per_s_min, row.tasks_per_s_max),
             row.ratio_to_null
                 .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+            match (row.ratio_to_null_min, row.ratio_to_null_max) {
+                (Some(min), Some(max)) => format!("{min:.2}–{max:.2}"),
+                _ => "-".to_owned(),
+            },
             row.e2e_p50_ms,
             row.e2e_p99_ms,
             us(row.instantiate_p50_us),
             us(row.instantiate_p99_us),
             row.worker_cpu_us_per_task,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_pair_each_round_with_its_own_null_run() {
+        // The machine slowed down in round 2: per-round ratios see 0.9, 0.95, 0.8; dividing the
+        // medians (20 / 25) would report 0.8.
+        let ratios = paired_ratios(&[27.0, 19.0, 20.0], &[30.0, 20.0, 25.0]);
+        assert_eq!(
+            ratios,
+            Ratios {
+                median: Some(0.9),
+                min: Some(0.8),
+                max: Some(0.95),
+            }
+        );
+        let none = paired_ratios(&[], &[]);
+        assert_eq!(none.median, None);
     }
 }
