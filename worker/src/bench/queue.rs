@@ -117,7 +117,7 @@ pub struct QueueBenchArgs {
     /// …), and each case reports the round with its median tasks/s, and the median of its
     /// per-round ratios to `null` (each ratio taken within one round). On a shared machine one
     /// round can land on a noisy moment; interleaving spreads the noise over every case.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
 
     /// Extra arguments for every worker process, e.g. `--worker-arg=--prefetch=8`.
