@@ -382,6 +382,32 @@ mod tests {
     }
 
     #[test]
+    fn host_calls_reach_the_memory_before_and_after_it_is_bound() {
+        // The start function writes "hi" while instantiating (memory not bound yet: looked up
+        // by name); `_start` writes "!" through the memory bound at instantiation.
+        const WRITER: &str = r#"(module
+          (import "wasi_snapshot_preview1" "fd_write"
+            (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          ;; iovec {ptr 16, len 2} at 0, iovec {ptr 18, len 1} at 8, bytes at 16
+          (data (i32.const 0) "\10\00\00\00\02\00\00\00\12\00\00\00\01\00\00\00hi!")
+          (func $init (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 32))))
+          (start $init)
+          (func (export "_start")
+            (drop (call $fd_write (i32.const 1) (i32.const 8) (i32.const 1) (i32.const 32)))))"#;
+        let config = SandboxConfig {
+            max_concurrent_tasks: Some(1),
+            ..SandboxConfig::default()
+        };
+        let sandbox = Sandbox::new(config, Allocation::OnDemandCow).unwrap();
+        let module = Module::new(sandbox.engine(), WRITER).unwrap();
+        let warm = sandbox.prepare(&[module]).unwrap();
+        let execution = sandbox.run(0, &warm, GuestCall::default());
+        assert_eq!(execution.outcome, Outcome::Success, "{execution:?}");
+        assert_eq!(execution.stdout, b"hi!");
+    }
+
+    #[test]
     fn args_and_env_that_cannot_reach_the_guest_are_refused() {
         let bad_env = GuestCall {
             env: vec![("A=B".into(), "c".into())],
