@@ -347,7 +347,11 @@ async fn measure(
         _ => bail!("no results arrived"),
     };
     let tasks_per_s = (n - 1) as f64 / last.duration_since(first).as_secs_f64().max(1e-9);
-    let mut instantiate: Vec<u64> = drained.iter().filter_map(|r| r.instantiate_ns).collect();
+    // The null worker names a module in its results (to match their size) but instantiates none.
+    let mut instantiate: Vec<u64> = match case {
+        Case::Null => Vec::new(),
+        _ => drained.iter().filter_map(|r| r.instantiate_ns).collect(),
+    };
     instantiate.sort_unstable();
     let cpu_us_per_task =
         cpu_after.saturating_sub(cpu_before) as f64 * 1e6 / CLOCK_TICKS_PER_S / n as f64;

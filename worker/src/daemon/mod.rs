@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use warren_schemas::task::unix_now_ns;
-use warren_schemas::{Outcome, Task, TaskResult, Timings};
+use warren_schemas::{Outcome, ResolvedModule, Task, TaskResult, Timings};
 
 use crate::config::{parse_bytes, parse_duration};
 use crate::engine::Allocation;
@@ -240,25 +240,34 @@ impl Worker {
     }
 }
 
-/// The result a trivial echo task would get, made without a sandbox.
+/// The result a trivial echo task would get, made without a sandbox — the same size as the real
+/// one, so the broker and the benchmark handle the same bytes: the task's module named, with a
+/// digest as long as a real one (all zeros: no module was loaded).
 fn null_result(task: Task, attempt: u32, worker_id: &str) -> TaskResult {
+    let received_unix_ns = unix_now_ns();
     TaskResult {
         task_id: task.id,
         batch: task.batch,
-        module: None,
+        module: Some(ResolvedModule {
+            name: task.module.name,
+            digest: NULL_DIGEST.to_owned(),
+        }),
         outcome: Outcome::Success,
         stdout: task.input,
         stderr: Vec::new(),
         stderr_truncated: false,
         exit_code: Some(0),
         timings: Timings {
-            queue_wait_ns: unix_now_ns().saturating_sub(task.submitted_at_unix_ns),
+            queue_wait_ns: received_unix_ns.saturating_sub(task.submitted_at_unix_ns),
             ..Timings::default()
         },
         worker_id: worker_id.to_owned(),
         attempt,
     }
 }
+
+/// The digest a null result carries: hex sha256 length, all zeros.
+const NULL_DIGEST: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Capped exponential backoff: 100 ms doubling to 5 s.
 #[derive(Debug, Default)]
