@@ -93,8 +93,9 @@ pub struct RunArgs {
     pub sandbox: SandboxConfig,
 
     /// Benchmark aid: answer every task with its input as a success result, without running
-    /// wasm. Everything else (decode, publish confirmed, ack) is the real path, so `bench queue`
-    /// uses it to measure the broker-bound ceiling. Never useful in production.
+    /// wasm (the result names the task's module with an all-zero digest, so it is as large as a
+    /// real one). Everything else (decode, publish confirmed, ack) is the real path, so `bench
+    /// queue` uses it to measure the broker-bound ceiling. Never useful in production.
     #[arg(long, hide = true)]
     pub null_executor: bool,
 
