@@ -88,14 +88,19 @@ pub fn build_engine(
     wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(
         config, slots,
     )?));
-    Engine::new(&wasm).map_err(|source| {
+    Engine::new(&wasm).map_err(|source| EngineError::pool_reservation(config, slots, source))
+}
+
+impl EngineError {
+    /// `slots` memory slots of `config`'s reservation + guard could not be reserved.
+    pub fn pool_reservation(config: &SandboxConfig, slots: usize, source: wasmtime::Error) -> Self {
         let per_slot = config.memory_reservation + config.memory_guard;
         EngineError::PoolReservation {
             slots,
             reserved_gib: (slots as f64 * per_slot as f64) / (1u64 << 30) as f64,
             source,
         }
-    })
+    }
 }
 
 /// Every pool total derives from `slots`: one core instance, one memory and one table per task.

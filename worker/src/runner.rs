@@ -24,11 +24,11 @@ pub struct TaskRunner {
     slots: Slots,
 }
 
-/// The sandbox's shards free for callers of [`TaskRunner::run_here`] (each shard's pool has one
-/// slot): a caller beyond the shard count waits for one instead of finding a pool empty. The
+/// The sandbox's shards free for callers of [`TaskRunner::run_here`] (a shard runs one task at
+/// a time): a caller beyond the shard count waits for one instead of sharing a shard. The
 /// daemon's lanes never wait (there are as many lanes as shards); the gate is for every other
 /// caller. A thread gets the shard it used last when that one is free, so each lane keeps its
-/// own engine, slot and warm pages.
+/// own engine, warm slots and pages.
 struct Slots {
     state: Mutex<SlotState>,
     freed: Condvar,

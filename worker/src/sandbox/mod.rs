@@ -56,12 +56,16 @@ pub struct WarmModule {
 impl WarmModule {
     /// The `InstancePre` for `shard`.
     pub fn pre(&self, shard: usize) -> &InstancePre<SandboxState> {
-        &self.per_shard[shard % self.per_shard.len()].0
+        &self.on(shard).0
     }
 
     /// `_start` and `memory` of `shard`'s compiled copy.
     pub fn exports(&self, shard: usize) -> &GuestExports {
-        &self.per_shard[shard % self.per_shard.len()].1
+        &self.on(shard).1
+    }
+
+    fn on(&self, shard: usize) -> &(InstancePre<SandboxState>, GuestExports) {
+        &self.per_shard[shard % self.per_shard.len()]
     }
 }
 
@@ -135,11 +139,8 @@ impl Sandbox {
         let count = config.concurrency();
         let slots = count.saturating_mul(config.warm_modules);
         let per_slot = config.memory_reservation + config.memory_guard;
-        let pool_error = |source| EngineError::PoolReservation {
-            slots,
-            reserved_gib: (slots as f64 * per_slot as f64) / (1u64 << 30) as f64,
-            source,
-        };
+        // Reported for the whole sandbox (every shard's slots), not for the one shard that failed.
+        let pool_error = |source| EngineError::pool_reservation(&config, slots, source);
         if allocation == Allocation::Pooled
             && (slots as u64).saturating_mul(per_slot) > MAX_POOL_BYTES
         {
@@ -237,9 +238,8 @@ impl Sandbox {
     /// Runs `call` in a fresh instance of `module` on `shard`, which no other thread may be
     /// using at the same time.
     pub fn run(&self, shard: usize, module: &WarmModule, call: GuestCall) -> Execution {
-        self.run_with(shard, call, module.exports(shard), |store| {
-            module.pre(shard).instantiate(store)
-        })
+        let (pre, exports) = module.on(shard);
+        self.run_with(shard, call, exports, |store| pre.instantiate(store))
     }
 
     /// Runs `call` on `shard` in an instance made by `instantiate` (of the module `exports`
