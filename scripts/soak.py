@@ -21,7 +21,8 @@ def main(src: str, dst: str) -> None:
     done = [int(r["tasks_done"]) for r in rows]
     rss = [int(r["rss_kib"]) / 1024 for r in rows]
     fds = [int(r["fds"]) for r in rows]
-    in_flight = [float(r["in_flight"]) if r["in_flight"] else float("nan") for r in rows]
+    # in_flight is only read every --scrape-interval: plot the samples that have it.
+    scraped = [(float(r["elapsed_s"]), float(r["in_flight"])) for r in rows if r["in_flight"]]
 
     fig, (ax_rss, ax_fds, ax_flight) = plt.subplots(3, 1, sharex=True, figsize=(9, 8))
     ax_rss.plot(t, rss, color="tab:blue")
@@ -32,7 +33,7 @@ def main(src: str, dst: str) -> None:
     ax_done.set_ylabel("tasks done")
     ax_fds.plot(t, fds, color="tab:green")
     ax_fds.set_ylabel("open fds")
-    ax_flight.plot(t, in_flight, color="tab:red")
+    ax_flight.plot([s[0] for s in scraped], [s[1] for s in scraped], color="tab:red", marker="o")
     ax_flight.set_ylabel("tasks in flight")
     ax_flight.set_xlabel("seconds")
     fig.suptitle(f"warren soak: {done[-1]} echo tasks through one worker")

@@ -6,8 +6,10 @@
 //!
 //! The task queue is fed while the worker drains it, with at most `--backlog` tasks unanswered,
 //! so the broker holds a bounded queue however long the run. Every `--interval` the worker's
-//! `VmRSS` (`/proc/<pid>/status`), open descriptors (`/proc/<pid>/fd`) and
-//! `warren_tasks_in_flight` (its `/metrics`) go to a CSV. The verdict compares the final sample
+//! `VmRSS` (`/proc/<pid>/status`) and open descriptors (`/proc/<pid>/fd`) go to a CSV, and every
+//! `--scrape-interval` also `warren_tasks_in_flight` (its `/metrics`) — as seldom as Prometheus
+//! scrapes by default, because a scrape is also what the exporter used to give histogram samples
+//! back on: scraped every second, the soak could not see them pile up. The verdict compares the final sample
 //! with the one taken once `--warmup` of the tasks are done (allocator arenas, pool slots, the AOT
 //! image and per-thread descriptors are all set up by then): RSS may grow at most
 //! `--max-rss-growth`, descriptors not at all, and nothing may be left in flight. `scripts/soak` runs it on a release build and plots the CSV.
@@ -57,6 +59,11 @@ pub struct SoakArgs {
     /// Time between samples.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
+
+    /// Time between reads of the worker's `/metrics` (Prometheus' default scrape interval); the
+    /// CSV's in_flight is empty in the samples between.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub scrape_interval: Duration,
 
     /// Fraction of the tasks after which the worker counts as warm (its RSS is the baseline).
     #[arg(long, default_value_t = 0.1)]
@@ -173,7 +180,8 @@ async fn soak(
     );
 
     let started = Instant::now();
-    let mut samples = vec![sample(pid, metrics_addr, started, 0).await?];
+    let mut samples = vec![sample(pid, Some(metrics_addr), started, 0).await?];
+    let mut scraped = started;
     write_sample(&mut csv, &samples[0])?;
     let mut ticker = tokio::time::interval(args.interval);
     ticker.tick().await;
@@ -185,7 +193,11 @@ async fn soak(
         tokio::select! {
             _ = ticker.tick() => {
                 let done = *done_rx.borrow();
-                let s = sample(pid, metrics_addr, started, done).await?;
+                let scrape = scraped.elapsed() >= args.scrape_interval;
+                if scrape {
+                    scraped = Instant::now();
+                }
+                let s = sample(pid, scrape.then_some(metrics_addr), started, done).await?;
                 write_sample(&mut csv, &s)?;
                 samples.push(s);
                 if let Some(status) = worker.exited()? {
@@ -203,10 +215,10 @@ async fn soak(
 
     // Acks follow results by a broker round trip: give the gauge a moment to settle.
     let settle = Instant::now() + Duration::from_secs(10);
-    let mut last = sample(pid, metrics_addr, started, answered.distinct).await?;
+    let mut last = sample(pid, Some(metrics_addr), started, answered.distinct).await?;
     while last.in_flight != Some(0.0) && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        last = sample(pid, metrics_addr, started, answered.distinct).await?;
+        last = sample(pid, Some(metrics_addr), started, answered.distinct).await?;
     }
     write_sample(&mut csv, &last)?;
     samples.push(last);
@@ -305,11 +317,11 @@ fn write_sample(csv: &mut impl Write, s: &Sample) -> std::io::Result<()> {
     )
 }
 
-/// Reads the worker's RSS and descriptors, then (one connection, closed before the next sample's
-/// descriptor count) its in-flight gauge.
+/// Reads the worker's RSS and descriptors, then, given its metrics address (one connection,
+/// closed before the next sample's descriptor count), its in-flight gauge.
 async fn sample(
     pid: u32,
-    metrics_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     started: Instant,
     done: usize,
 ) -> anyhow::Result<Sample> {
@@ -325,14 +337,17 @@ async fn sample(
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .context("cannot list the worker's /proc fds")?
         .count();
-    let in_flight = tokio::task::spawn_blocking(move || http_get(metrics_addr, "/metrics"))
-        .await?
-        .and_then(|(_, body)| {
-            body.lines().find_map(|line| {
-                line.strip_prefix("warren_tasks_in_flight ")
-                    .and_then(|v| v.trim().parse().ok())
-            })
-        });
+    let in_flight = match metrics_addr {
+        Some(addr) => tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
+            .await?
+            .and_then(|(_, body)| {
+                body.lines().find_map(|line| {
+                    line.strip_prefix("warren_tasks_in_flight ")
+                        .and_then(|v| v.trim().parse().ok())
+                })
+            }),
+        None => None,
+    };
     Ok(Sample {
         elapsed_s,
         done,
