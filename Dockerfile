@@ -42,7 +42,8 @@ COPY --from=build /out/bin/ /usr/local/bin/
 COPY --from=build /out/modules/ /opt/warren/modules/
 
 # The AOT cache holds compiled code the worker trusts: only the worker may write it (mode 0700,
-# owned by the warren user). A volume keeps it across restarts, so a restart compiles nothing.
+# owned by the warren user; the worker refuses to start otherwise). A volume keeps it across
+# restarts, so a restart compiles nothing.
 # /modules is an empty mount point for a modules volume (docker-compose.yml); by default the
 # worker serves the modules baked into the image.
 ENV WARREN_MODULES=/opt/warren/modules \

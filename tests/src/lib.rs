@@ -72,7 +72,9 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// An AOT cache shared by every worker process the tests start, so each compiles the modules
-/// at most once per engine configuration (cache writes are atomic renames, safe to share).
+/// at most once per engine configuration (cache writes are atomic renames, safe to share). The
+/// worker refuses it unless the target directory and its parents are owned by root or the
+/// user running the tests and not writable by group or others.
 pub fn shared_aot_cache() -> PathBuf {
     target_dir().join("warren-test-aot-cache")
 }
@@ -89,7 +91,7 @@ pub fn test_config(slots: usize) -> SandboxConfig {
 /// A registry over a fresh sandbox built from `config`, with its AOT cache in `cache`.
 pub fn registry(config: SandboxConfig, cache: &Path) -> Arc<ModuleRegistry> {
     let sandbox = Arc::new(Sandbox::new(config, Allocation::Pooled).expect("sandbox"));
-    Arc::new(ModuleRegistry::new(sandbox, cache))
+    Arc::new(ModuleRegistry::new(sandbox, cache).unwrap_or_else(|error| panic!("{error}")))
 }
 
 /// A runner over every built module, with the given config. The returned temp dir holds the

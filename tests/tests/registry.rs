@@ -39,10 +39,15 @@ fn warm_cache_restart_compiles_nothing() {
     let warm = registry(test_config(1), cache.path());
     let report = warm.load_dir(modules.path()).unwrap();
     assert_eq!((report.loaded.len(), report.from_cache), (3, 3));
+    let files: Vec<String> = fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let count = |suffix: &str| files.iter().filter(|f| f.ends_with(suffix)).count();
     assert_eq!(
-        fs::read_dir(cache.path()).unwrap().count(),
-        3,
-        "one cache entry per module"
+        (files.len(), count(".cwasm"), count(".cwasm.sha256")),
+        (6, 3, 3),
+        "one cache entry and its integrity record per module: {files:?}"
     );
 }
 

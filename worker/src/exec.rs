@@ -58,7 +58,7 @@ pub fn parse_env_pair(s: &str) -> Result<(String, String), String> {
 pub fn run_exec(args: ExecArgs) -> anyhow::Result<i32> {
     let input = read_input(args.input.as_deref())?;
     let sandbox = Arc::new(Sandbox::new(args.sandbox, Allocation::Pooled)?);
-    let registry = Arc::new(ModuleRegistry::new(sandbox, args.source.cache_dir()));
+    let registry = Arc::new(ModuleRegistry::new(sandbox, &args.source.cache_dir()?)?);
     let modules_dir = args.source.modules_dir;
     let module = resolve_target(&registry, &args.module, &modules_dir)?;
 

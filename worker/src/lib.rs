@@ -6,6 +6,7 @@
 //! - [`engine`]: wasmtime engine setup (pooling allocator, copy-on-write images, epochs).
 //! - [`sandbox`]: one task in one fresh store — warren's own WASI preview 1, limits, outcome mapping.
 //! - [`registry`]: modules by name and digest, AOT-compiled and cached, hot-reloadable.
+//! - [`aot_cache`]: which cache directory and files may be trusted as compiled code.
 //! - [`watch`]: rescans the modules directory when it changes.
 //! - [`runner`]: `Task` → `TaskResult` through the registry, on the calling thread.
 //! - [`daemon`]: `warren-worker run`, the queue worker (consume, run, publish confirmed, ack).
@@ -14,6 +15,7 @@
 //! - [`bench`]: `warren-worker bench instantiate|executor|queue|soak`: numbers, side by side.
 #![deny(missing_docs)]
 
+pub mod aot_cache;
 pub mod bench;
 pub mod config;
 pub mod daemon;
@@ -43,17 +45,25 @@ pub struct ModuleSource {
     )]
     pub modules_dir: std::path::PathBuf,
 
-    /// AOT cache directory (compiled modules, keyed by digest and engine). Must be writable
-    /// only by the worker. Default: `warren-aot-cache` in the system temp directory.
+    /// AOT cache directory (compiled modules, keyed by digest and engine), private to the
+    /// worker's user. Default: `$XDG_CACHE_HOME/warren`, else `$HOME/.cache/warren`.
+    ///
+    /// Its files are native code the worker runs outside the sandbox, so the worker refuses to
+    /// start if the directory is not owned by its user or is writable by group or others, or if
+    /// a parent lets another user replace it (owned by someone other than root or that user, or
+    /// group/world-writable without the sticky bit). Created with mode 0700 when missing. With
+    /// neither `XDG_CACHE_HOME` nor `HOME` set, this flag is required.
     #[arg(long = "cache", env = "WARREN_CACHE")]
     pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl ModuleSource {
-    /// The cache directory to use.
-    pub fn cache_dir(&self) -> std::path::PathBuf {
-        self.cache_dir
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("warren-aot-cache"))
+    /// The cache directory to use: `--cache`, else the per-user default
+    /// ([`aot_cache::default_dir`]).
+    pub fn cache_dir(&self) -> Result<std::path::PathBuf, aot_cache::CacheError> {
+        match &self.cache_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => aot_cache::default_dir(),
+        }
     }
 }

@@ -5,21 +5,22 @@
 //!   version) or `name@<digest prefix>` (an exact version; the last [`VERSIONS_KEPT`] versions of
 //!   a name stay loaded so pinned tasks keep working across an update).
 //! - **AOT cache**: `Engine::precompile_module` output is stored as `<digest>-<engine hash>.cwasm`
-//!   and loaded with `Module::deserialize_file` into each of the sandbox's shard engines; each
-//!   maps the file, so copy-on-write memory images come straight from it (and the page cache
-//!   holds one copy). A restart with a warm cache compiles nothing.
+//!   by [`AotCache`] and loaded with `Module::deserialize_open_file` into each of the sandbox's
+//!   shard engines; each maps the file, so copy-on-write memory images come straight from it
+//!   (and the page cache holds one copy). A restart with a warm cache compiles nothing. The
+//!   cache's files are native code run outside the sandbox: [`crate::aot_cache`] refuses a
+//!   directory other users could write, and any file not owned by the worker's user or not
+//!   matching the integrity record the worker wrote beside it; such a file is recompiled and
+//!   replaced.
 //! - **Reload**: [`ModuleRegistry::load_dir`] rescans the directory, (re)loading only files whose
 //!   size or mtime changed; `crate::watch` calls it when the directory changes. A task holds an
 //!   `Arc` of its version, so tasks running on an old version finish on it. A file that fails to
 //!   load is reported and skipped, and a name whose new file is broken keeps serving its previous
 //!   good version.
-//!
-//! The cache directory must be writable only by the worker: its files are trusted as compiled
-//! code.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::fs;
+use std::fs::{self, File};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +32,7 @@ use tracing::{info, warn};
 use warren_schemas::{ModuleRef, ResolvedModule};
 use wasmtime::{Engine, Module};
 
+use crate::aot_cache::{AotCache, CacheError};
 use crate::sandbox::{Sandbox, WarmModule};
 
 /// Versions of one name kept loaded for `name@digest` lookups.
@@ -129,8 +131,8 @@ struct FileStamp {
 /// The warm map from module name to loaded versions.
 pub struct ModuleRegistry {
     sandbox: Arc<Sandbox>,
-    cache_dir: PathBuf,
-    engine_hash: String,
+    /// Compiled modules, checked before each is loaded.
+    cache: AotCache,
     /// Name → versions, newest last.
     modules: RwLock<HashMap<String, Vec<Arc<LoadedModule>>>>,
     /// Files seen by the last scan, to skip unchanged ones.
@@ -138,20 +140,22 @@ pub struct ModuleRegistry {
 }
 
 impl ModuleRegistry {
-    /// An empty registry whose AOT cache lives in `cache_dir` (created when missing).
-    pub fn new(sandbox: Arc<Sandbox>, cache_dir: impl Into<PathBuf>) -> Self {
+    /// An empty registry whose AOT cache lives in `cache_dir` (created, mode 0700, when
+    /// missing). Fails if the directory, or a parent, lets another user replace its files
+    /// ([`crate::aot_cache`]).
+    pub fn new(sandbox: Arc<Sandbox>, cache_dir: &Path) -> Result<Self, CacheError> {
         let mut hasher = DefaultHasher::new();
         sandbox
             .engine()
             .precompile_compatibility_hash()
             .hash(&mut hasher);
-        ModuleRegistry {
+        let cache = AotCache::open(cache_dir, format!("{:016x}", hasher.finish()))?;
+        Ok(ModuleRegistry {
             sandbox,
-            cache_dir: cache_dir.into(),
-            engine_hash: format!("{:016x}", hasher.finish()),
+            cache,
             modules: RwLock::default(),
             seen: Mutex::default(),
-        }
+        })
     }
 
     /// The sandbox modules are prepared for.
@@ -347,29 +351,37 @@ impl ModuleRegistry {
         ))
     }
 
-    /// The module for `bytes` compiled for every shard, from the AOT cache when it has it.
+    /// The module for `bytes` compiled for every shard, from the AOT cache when it has a
+    /// trusted entry for it.
     fn cached_module(&self, bytes: &[u8], digest: &str) -> anyhow::Result<(Vec<Module>, bool)> {
-        let engine = self.sandbox.engine();
-        let file = self
-            .cache_dir
-            .join(format!("{digest}-{}.cwasm", self.engine_hash));
-        // SAFETY (every `deserialize_file` below): the cache holds only files this function
-        // wrote from `Engine::precompile_module`; the directory is the worker's own (see module
-        // docs). All shards share one configuration, so shard 0's artifact fits each.
-        let from_file = |engine: &Engine| unsafe { Module::deserialize_file(engine, &file) };
-        if file.is_file() {
-            match self.for_each_shard(from_file) {
+        // SAFETY (every `deserialize_open_file` below): the file is one `AotCache` opened and
+        // checked (owned by this user, not writable by others, in a directory only this user
+        // or root can change) and whose bytes match the record written when this worker
+        // stored `precompile_module` output for this module and engine — or the file
+        // `AotCache::store` just wrote. Nothing rewrites a cache file in place (stores rename),
+        // so the mapped bytes stay as checked. All shards share one configuration, so shard 0's
+        // artifact fits each.
+        let from_file = |file: &File| {
+            self.for_each_shard(|engine| unsafe {
+                Module::deserialize_open_file(engine, file.try_clone()?)
+            })
+        };
+        match self.cache.load(digest) {
+            Ok(Some(file)) => match from_file(&file) {
                 Ok(modules) => return Ok((modules, true)),
-                Err(error) => {
-                    warn!(file = %file.display(), %error, "unusable AOT cache entry; recompiling")
-                }
-            }
+                Err(error) => warn!(
+                    dir = %self.cache.dir().display(), module_digest = %digest, %error,
+                    "unusable AOT cache entry; recompiling"
+                ),
+            },
+            Ok(None) => {}
+            Err(rejected) => warn!(%rejected, "AOT cache entry not loaded; recompiling"),
         }
-        let compiled = engine.precompile_module(bytes)?;
-        match write_atomically(&self.cache_dir, &file, &compiled) {
-            Ok(()) => Ok((self.for_each_shard(from_file)?, false)),
+        let compiled = self.sandbox.engine().precompile_module(bytes)?;
+        match self.cache.store(digest, &compiled) {
+            Ok(file) => Ok((from_file(&file)?, false)),
             Err(error) => {
-                warn!(dir = %self.cache_dir.display(), %error, "AOT cache not writable; keeping the module in memory only");
+                warn!(dir = %self.cache.dir().display(), error = format!("{error:#}"), "AOT cache not writable; keeping the module in memory only");
                 // SAFETY: `compiled` came from `precompile_module` on shard 0's engine just
                 // above, and every shard has its configuration.
                 let from_memory =
@@ -422,21 +434,4 @@ fn scan_wasm_files(dir: &Path) -> std::io::Result<HashMap<PathBuf, FileStamp>> {
         }
     }
     Ok(files)
-}
-
-/// Writes `bytes` to `file` through a temporary file in `dir` and a rename, so a reader never
-/// sees half a file and two workers sharing a cache never corrupt each other.
-fn write_atomically(dir: &Path, file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    fs::create_dir_all(dir)?;
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let tmp = dir.join(format!(
-        ".{}.{}-{}.tmp",
-        file.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("module"),
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, file)
 }

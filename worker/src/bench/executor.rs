@@ -86,8 +86,8 @@ pub fn run_executor_bench(args: &ExecutorBenchArgs) -> anyhow::Result<ExecutorBe
     let sandbox = Arc::new(Sandbox::new(config, Allocation::Pooled)?);
     let registry = Arc::new(ModuleRegistry::new(
         sandbox.clone(),
-        args.source.cache_dir(),
-    ));
+        &args.source.cache_dir()?,
+    )?);
     let path = args
         .source
         .modules_dir

@@ -90,7 +90,7 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
                 ..SandboxConfig::default()
             };
             let sandbox = Arc::new(Sandbox::new(config, allocation)?);
-            let registry = ModuleRegistry::new(sandbox.clone(), args.source.cache_dir());
+            let registry = ModuleRegistry::new(sandbox.clone(), &args.source.cache_dir()?)?;
             let module = registry.load_file(&path).with_context(|| {
                 format!(
                     "cannot load {} (run modules/build.sh first)",

@@ -48,7 +48,7 @@ impl BenchWorker {
             .arg("--modules")
             .arg(&launch.source.modules_dir)
             .arg("--cache")
-            .arg(launch.source.cache_dir())
+            .arg(launch.source.cache_dir()?)
             .args(extra)
             .args(launch.worker_args)
             .env("AMQP_URL", launch.amqp_url)

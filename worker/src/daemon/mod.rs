@@ -140,7 +140,7 @@ pub async fn run(
     };
     let lane_stack = args.sandbox.guest_thread_stack();
     let sandbox = Arc::new(Sandbox::new(args.sandbox, Allocation::Pooled)?);
-    let registry = Arc::new(ModuleRegistry::new(sandbox, args.source.cache_dir()));
+    let registry = Arc::new(ModuleRegistry::new(sandbox, &args.source.cache_dir()?)?);
     let modules_dir = &args.source.modules_dir;
     registry.load_dir(modules_dir).with_context(|| {
         format!(
