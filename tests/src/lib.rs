@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod observability;
 pub mod producer_cli;
+pub mod swap;
 pub mod worker_process;
 
 use std::path::{Path, PathBuf};

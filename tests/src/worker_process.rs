@@ -2,6 +2,7 @@
 //! signal it, read its metrics.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,8 +32,30 @@ impl WorkerProcess {
         worker
     }
 
+    /// Like [`WorkerProcess::start`], serving the modules in `modules` instead of the built ones.
+    pub fn start_with_modules(
+        topology: &Topology,
+        concurrency: usize,
+        modules: &Path,
+        args: &[&str],
+    ) -> Self {
+        let mut worker = Self::spawn_with(&amqp_url(), topology, concurrency, modules, args);
+        worker.wait_ready(Duration::from_secs(60));
+        worker
+    }
+
     /// Starts a worker without waiting for it to be ready (it may die before, on purpose).
     pub fn spawn_on(url: &str, topology: &Topology, concurrency: usize, args: &[&str]) -> Self {
+        Self::spawn_with(url, topology, concurrency, modules_dir(), args)
+    }
+
+    fn spawn_with(
+        url: &str,
+        topology: &Topology,
+        concurrency: usize,
+        modules: &Path,
+        args: &[&str],
+    ) -> Self {
         let metrics_addr = free_local_addr();
         let child = Command::new(binary("warren-worker"))
             .arg("run")
@@ -47,7 +70,7 @@ impl WorkerProcess {
             .args(["--max-concurrent-tasks", &concurrency.to_string()])
             .args(["--metrics-addr", &metrics_addr.to_string()])
             .arg("--modules")
-            .arg(modules_dir())
+            .arg(modules)
             .arg("--cache")
             .arg(shared_aot_cache())
             .args(args)
@@ -60,6 +83,11 @@ impl WorkerProcess {
             child,
             metrics_addr,
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits until `/readyz` answers 200.

@@ -21,6 +21,7 @@ use warren_schemas::{Outcome, TaskResult};
 
 use crate::engine::pool_occupancy;
 use crate::registry::ModuleRegistry;
+use crate::sandbox::ResetMethod;
 
 /// Histogram of instantiation time, seconds.
 pub const INSTANTIATE_SECONDS: &str = "warren_instantiate_seconds";
@@ -48,6 +49,11 @@ pub const POOL_INSTANCES_CAPACITY: &str = "warren_pool_instances_capacity";
 pub const POOL_MEMORIES_IN_USE: &str = "warren_pool_memories_in_use";
 /// Gauge of resident bytes held by unused pool memory slots.
 pub const POOL_UNUSED_MEMORY_RESIDENT_BYTES: &str = "warren_pool_unused_memory_resident_bytes";
+
+/// Info gauge: 1 for the way freed pool slots are reset now (`method` label), 0 for the others.
+pub const SANDBOX_RESET_INFO: &str = "warren_sandbox_reset_info";
+/// Counter of pages found in swap after wasmtime's slot reset and discarded.
+pub const SANDBOX_SWAP_SCRUBBED_PAGES_TOTAL: &str = "warren_sandbox_swap_scrubbed_pages_total";
 
 /// Bucket bounds in seconds: 1 µs × 2^k, k = 0..=24 (1 µs .. ~16.8 s).
 pub fn latency_buckets() -> Vec<f64> {
@@ -142,6 +148,15 @@ fn describe() {
         POOL_UNUSED_MEMORY_RESIDENT_BYTES,
         "Resident bytes held by unused pool memory slots.",
     );
+    describe_gauge!(
+        SANDBOX_RESET_INFO,
+        "How freed pool slots are reset (1 for the method in use): pagemap_scan, \
+         pagemap_scan_and_swap_scrub once swap has been seen, rewrite_then_madvise without PAGEMAP_SCAN."
+    );
+    describe_counter!(
+        SANDBOX_SWAP_SCRUBBED_PAGES_TOTAL,
+        "Pages of freed slots found in swap after wasmtime's reset and discarded."
+    );
     for outcome in Outcome::LABELS {
         // Pre-register so rates exist (as 0) before the first such outcome.
         counter!(TASKS_TOTAL, "module" => "-", "outcome" => outcome).absolute(0);
@@ -225,6 +240,15 @@ pub fn refresh_gauges(registry: &ModuleRegistry) {
     gauge!(MODULES_LOADED).set(registry.len() as f64);
     let sandbox = registry.sandbox();
     gauge!(POOL_INSTANCES_CAPACITY).set(sandbox.config().concurrency() as f64);
+    let in_use = sandbox.reset_method();
+    for method in ResetMethod::ALL {
+        gauge!(SANDBOX_RESET_INFO, "method" => method.label()).set(if method == in_use {
+            1.0
+        } else {
+            0.0
+        });
+    }
+    counter!(SANDBOX_SWAP_SCRUBBED_PAGES_TOTAL).absolute(sandbox.pages_scrubbed());
     if let Some(pool) = pool_occupancy(sandbox.engines()) {
         gauge!(POOL_INSTANCES_IN_USE).set(pool.instances as f64);
         gauge!(POOL_MEMORIES_IN_USE).set(pool.memories as f64);

@@ -36,6 +36,12 @@ impl GuestExports {
             Some(ExternType::Memory(_)) => module.get_export_index("memory"),
             _ => None,
         };
+        if memory.is_none() && module.resources_required().num_memories > 0 {
+            wasmtime::bail!(
+                "not a WASI command: the module defines a linear memory but does not export it \
+                 as `memory` (the sandbox needs it to reset the memory safely between tasks)"
+            );
+        }
         Ok(GuestExports { start, memory })
     }
 
@@ -78,6 +84,14 @@ mod tests {
         assert!(with_memory.unwrap().memory.is_some());
         let without = exports_of(r#"(module (func (export "_start")))"#);
         assert!(without.unwrap().memory.is_none());
+    }
+
+    #[test]
+    fn a_memory_it_does_not_export_is_refused() {
+        let hidden = refusal(r#"(module (memory 1) (func (export "_start")))"#);
+        assert!(hidden.contains("does not export it"), "{hidden}");
+        let renamed = refusal(r#"(module (memory (export "mem") 1) (func (export "_start")))"#);
+        assert!(renamed.contains("as `memory`"), "{renamed}");
     }
 
     fn refusal(wat: &str) -> String {

@@ -20,9 +20,14 @@ mod exports;
 mod outcome;
 mod output;
 mod state;
+mod swap_scrub;
+mod table_pool;
 mod wasi;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tracing::{error, info};
 
 use warren_schemas::{Outcome, TaskLimits};
 use wasmtime::{Engine, Instance, InstancePre, Linker, Module, Store};
@@ -33,18 +38,23 @@ use crate::engine::{build_engine, start_epoch_ticker, Allocation, EngineError};
 pub use exports::GuestExports;
 pub use output::{OutputCapture, OutputLimitExceeded, OverflowPolicy};
 pub use state::{SandboxState, TaskLimiter, WallClockExceeded};
+pub use swap_scrub::{ResetMethod, SwapScrub};
 pub use wasi::GuestExit;
 
 /// The engines (one per shard), their WASI linkers and the caps every task runs under.
 pub struct Sandbox {
     shards: Vec<Shard>,
     config: SandboxConfig,
+    /// Discards pages of freed slots that wasmtime's reset left in swap.
+    swap_scrub: Arc<SwapScrub>,
 }
 
 /// One engine with its own pool, and WASI linked for it. One task runs on it at a time.
 struct Shard {
     engine: Engine,
     linker: Linker<SandboxState>,
+    /// Where the pool's tables live (`start`, `len`), for the swap scrub.
+    tables: Option<(usize, usize)>,
 }
 
 /// A module compiled for and linked into every shard: one warm `InstancePre` per shard, and
@@ -148,25 +158,56 @@ impl Sandbox {
                 "more than the 64 TiB of address space a process can reserve",
             )));
         }
+        let swap_scrub = SwapScrub::start();
+        let find_tables =
+            allocation == Allocation::Pooled && swap_scrub.available() && config.table_elements > 0;
         let shards = (0..count)
             .map(|_| {
+                let before = find_tables.then(table_pool::anonymous_mappings);
                 let engine = match build_engine(&config, allocation, config.warm_modules) {
                     Err(EngineError::PoolReservation { source, .. }) => {
                         return Err(pool_error(source))
                     }
                     other => other?,
                 };
+                let tables = before.and_then(|before| {
+                    let found = table_pool::locate(
+                        &engine,
+                        config.warm_modules,
+                        config.table_elements,
+                        &before,
+                    );
+                    found
+                        .map_err(|error| {
+                            error!(%error, "cannot find the pool's tables: table pages in swap are not scrubbed")
+                        })
+                        .ok()
+                        .map(|pool| (pool.start, pool.len))
+                });
                 let mut linker = Linker::new(&engine);
                 wasi::add_to_linker(&mut linker)
                     .map_err(|e| EngineError::InvalidConfig(format!("cannot link WASI: {e:#}")))?;
-                Ok(Shard { engine, linker })
+                Ok(Shard {
+                    engine,
+                    linker,
+                    tables,
+                })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
         let engines: Vec<Engine> = shards.iter().map(|s| s.engine.clone()).collect();
         start_epoch_ticker(&engines, &config).map_err(|e| {
             EngineError::InvalidConfig(format!("cannot start the epoch ticker thread: {e}"))
         })?;
-        Ok(Sandbox { shards, config })
+        info!(
+            method = swap_scrub.method().label(),
+            keep_resident = %bytesize::ByteSize::b(config.keep_resident),
+            "slot reset"
+        );
+        Ok(Sandbox {
+            shards,
+            config,
+            swap_scrub,
+        })
     }
 
     /// How many shards (engines) there are: one per task that may run at once.
@@ -183,6 +224,16 @@ impl Sandbox {
     /// so its artifacts load into every shard).
     pub fn engine(&self) -> &Engine {
         &self.shards[0].engine
+    }
+
+    /// How freed slots are reset now.
+    pub fn reset_method(&self) -> ResetMethod {
+        self.swap_scrub.method()
+    }
+
+    /// Pages found in swap after wasmtime's reset and discarded, since start.
+    pub fn pages_scrubbed(&self) -> u64 {
+        self.swap_scrub.pages_scrubbed()
     }
 
     /// The configuration the sandbox was built with.
@@ -267,11 +318,19 @@ impl Sandbox {
         });
         let finished = Instant::now();
 
+        let memory = store
+            .data()
+            .memory
+            .map(|memory| (memory.data_ptr(&store) as usize, memory.data_size(&store)));
         let state = store.data_mut();
         let memory_limit_hit = state.limiter.memory_limit_hit;
         let (stdout, _) = state.stdio.stdout.take();
         let (stderr, stderr_truncated) = state.stdio.stderr.take();
+        // wasmtime resets the slot here; then whatever of it is in swap is discarded.
         drop(store);
+        let tables = self.shard(shard).tables;
+        self.swap_scrub
+            .after_reset(memory.into_iter().chain(tables));
         let (outcome, exit_code) = outcome::classify(ended, memory_limit_hit, &limits);
         Execution {
             outcome,

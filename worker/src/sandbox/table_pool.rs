@@ -1,0 +1,157 @@
+//! Where a shard's pool keeps its tables' elements, so the swap scrub can reach them.
+//!
+//! wasmtime gives an embedder no address for a table. Right after a shard's engine is built,
+//! [`locate`] takes every table slot of its pool with a probe instance that fills the first
+//! elements of its table with a function reference whose raw value it knows, then searches the
+//! writable mappings that appeared with the engine for pages holding only that value. The slots
+//! found must lie exactly one table size apart and cover every slot; anything else is an error,
+//! never a guess.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use wasmtime::{Engine, Instance, Module, Store};
+
+/// A shard's table pool: `len` bytes at `start`, every table slot of the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TablePool {
+    /// First byte of the first slot.
+    pub start: usize,
+    /// All slots together.
+    pub len: usize,
+}
+
+/// Bytes of one table element in the pool (a tagged pointer).
+const ELEMENT_BYTES: usize = 8;
+
+/// The writable, private, anonymous mappings of this process, as `[start, end)`.
+pub fn anonymous_mappings() -> HashSet<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let range = fields.next()?;
+            let perms = fields.next()?;
+            // offset, device, inode, then a path for file and special mappings.
+            if !perms.starts_with("rw") || fields.nth(3).is_some() {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            Some((
+                usize::from_str_radix(start, 16).ok()?,
+                usize::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Finds the table pool of `engine` (built after `before` was read), whose pool has `slots`
+/// table slots of `table_elements` elements each.
+pub fn locate(
+    engine: &Engine,
+    slots: usize,
+    table_elements: usize,
+    before: &HashSet<(usize, usize)>,
+) -> Result<TablePool, String> {
+    if table_elements == 0 || slots == 0 {
+        return Err("the pool has no table slots".into());
+    }
+    let page = page_size();
+    let table_size = (table_elements * ELEMENT_BYTES).div_ceil(page) * page;
+    let filled = table_elements.min(page / ELEMENT_BYTES);
+    let probe = Module::new(engine, probe_wat(filled)).map_err(|e| format!("probe: {e:#}"))?;
+
+    // Every slot taken at once, each filled with its own function's reference.
+    let mut stores = Vec::with_capacity(slots);
+    let mut values = HashSet::new();
+    for _ in 0..slots {
+        let mut store = Store::new(engine, ());
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance =
+            Instance::new(&mut store, &probe, &[]).map_err(|e| format!("probe: {e:#}"))?;
+        let raw = instance
+            .get_func(&mut store, "marker")
+            .ok_or("probe has no marker")?
+            .to_raw(&mut store) as usize;
+        instance
+            .get_typed_func::<(), ()>(&mut store, "fill")
+            .and_then(|fill| fill.call(&mut store, ()))
+            .map_err(|e| format!("probe: {e:#}"))?;
+        values.insert(raw);
+        values.insert(raw | 1);
+        stores.push(store);
+    }
+
+    let mem = File::open("/proc/self/mem").map_err(|e| format!("/proc/self/mem: {e}"))?;
+    let mut starts = Vec::new();
+    let mut buffer = vec![0u8; page];
+    for (start, end) in anonymous_mappings().difference(before) {
+        for at in (*start..*end).step_by(page) {
+            // Read through /proc/self/mem: a mapping another thread removes meanwhile is an
+            // error here, not a fault.
+            if mem.read_exact_at(&mut buffer, at as u64).is_err() {
+                continue;
+            }
+            let words: Vec<usize> = buffer[..filled * ELEMENT_BYTES]
+                .chunks_exact(ELEMENT_BYTES)
+                .map(|w| usize::from_ne_bytes(w.try_into().expect("8 bytes")))
+                .collect();
+            if values.contains(&words[0]) && words.iter().all(|w| *w == words[0]) {
+                starts.push(at);
+            }
+        }
+    }
+    drop(stores);
+
+    starts.sort_unstable();
+    let first = *starts.first().ok_or("no table slot found")?;
+    let expected: Vec<usize> = (0..slots).map(|k| first + k * table_size).collect();
+    if starts != expected {
+        return Err(format!(
+            "table slots found at {starts:x?}, expected {slots} slots {table_size} bytes apart"
+        ));
+    }
+    Ok(TablePool {
+        start: first,
+        len: slots * table_size,
+    })
+}
+
+fn probe_wat(elements: usize) -> String {
+    format!(
+        r#"(module
+          (table $t {elements} funcref)
+          (func $marker)
+          (export "marker" (func $marker))
+          (func (export "fill")
+            (table.fill $t (i32.const 0) (ref.func $marker) (i32.const {elements}))))"#
+    )
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SandboxConfig;
+    use crate::engine::{build_engine, Allocation};
+
+    #[test]
+    fn every_table_slot_of_a_pool_is_found() {
+        for (slots, elements) in [(4, 20_000), (1, 100), (3, 512)] {
+            let config = SandboxConfig {
+                table_elements: elements,
+                ..SandboxConfig::default()
+            };
+            let before = anonymous_mappings();
+            let engine = build_engine(&config, Allocation::Pooled, slots).unwrap();
+            let pool = locate(&engine, slots, elements, &before).unwrap();
+            let table_size = (elements * 8).div_ceil(page_size()) * page_size();
+            assert_eq!(pool.len, slots * table_size, "{slots} × {elements}");
+        }
+    }
+}
