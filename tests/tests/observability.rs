@@ -161,6 +161,8 @@ fn dashboard_has_a_fixed_uid_and_a_panel_for_every_worker_metric() {
         metrics::POOL_INSTANCES_CAPACITY,
         metrics::POOL_MEMORIES_IN_USE,
         metrics::POOL_UNUSED_MEMORY_RESIDENT_BYTES,
+        metrics::SANDBOX_RESET_INFO,
+        metrics::SANDBOX_SWAP_SCRUBBED_PAGES_TOTAL,
     ] {
         assert!(
             exprs.iter().any(|e| e.contains(metric)),

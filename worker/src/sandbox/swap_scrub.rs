@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tracing::{info, warn};
 
@@ -97,24 +97,16 @@ pub struct SwapScrub {
 }
 
 impl SwapScrub {
-    /// Probes PAGEMAP_SCAN, looks for swap and starts the thread that watches for `swapon`.
+    /// Probes PAGEMAP_SCAN and joins the process's watch for swap (started by the first call).
     pub fn start() -> Arc<SwapScrub> {
         let pagemap = File::open("/proc/self/pagemap")
             .ok()
             .filter(|file| scan(file, 0, 0, &mut []).is_ok());
-        let swap_seen = Arc::new(AtomicBool::new(swap_configured()));
-        let scrub = Arc::new(SwapScrub {
+        Arc::new(SwapScrub {
             pagemap,
-            swap_seen: swap_seen.clone(),
+            swap_seen: swap_watch(),
             pages_scrubbed: AtomicU64::new(0),
-        });
-        if scrub.pagemap.is_some() {
-            if let Err(error) = watch_swapon(swap_seen) {
-                // Without the watcher the lanes still look before every reset (`sysinfo`).
-                warn!(%error, "cannot watch /proc/swaps; the lanes check for swap on every task");
-            }
-        }
-        scrub
+        })
     }
 
     /// How slots are reset now.
@@ -260,10 +252,27 @@ fn swap_configured() -> bool {
 fn note_swap(swap_seen: &AtomicBool) {
     if !swap_seen.swap(true, Ordering::Relaxed) {
         info!(
-            "swap turned on: pages of freed slots found in swap are discarded after every task \
-             from now on (wasmtime 48's reset skips them)"
+            "swap is on: pages of freed slots found in swap are discarded after every task from \
+             now on (wasmtime 48's reset skips them)"
         );
     }
+}
+
+/// The process's "swap has been seen" flag: set now if swap space is configured, and by a thread
+/// that waits for `/proc/swaps` to change (started once per process).
+fn swap_watch() -> Arc<AtomicBool> {
+    static SEEN: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    SEEN.get_or_init(|| {
+        let seen = Arc::new(AtomicBool::new(false));
+        if swap_configured() {
+            note_swap(&seen);
+        } else if let Err(error) = watch_swapon(seen.clone()) {
+            // Without the watcher the lanes still look before every scrub decision (`sysinfo`).
+            warn!(%error, "cannot watch /proc/swaps; the lanes check for swap on every task");
+        }
+        seen
+    })
+    .clone()
 }
 
 /// Starts the thread that marks swap as seen when `/proc/swaps` changes (the kernel wakes
