@@ -198,9 +198,11 @@ impl Sandbox {
         start_epoch_ticker(&engines, &config).map_err(|e| {
             EngineError::InvalidConfig(format!("cannot start the epoch ticker thread: {e}"))
         })?;
+        let method = swap_scrub.method();
         info!(
-            method = swap_scrub.method().label(),
+            method = method.label(),
             keep_resident = %bytesize::ByteSize::b(config.keep_resident),
+            why = method.reason(),
             "slot reset"
         );
         Ok(Sandbox {

@@ -76,6 +76,21 @@ impl ResetMethod {
         ResetMethod::RewriteThenMadvise,
     ];
 
+    /// Why this method, for the start-up log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ResetMethod::PagemapScan => {
+                "no swap seen: wasmtime's PAGEMAP_SCAN reset; pages in swap are scrubbed once swap appears"
+            }
+            ResetMethod::PagemapScanAndSwapScrub => {
+                "swap is on: wasmtime's PAGEMAP_SCAN reset skips pages in swap, so they are discarded after it"
+            }
+            ResetMethod::RewriteThenMadvise => {
+                "no PAGEMAP_SCAN in this kernel: wasmtime's madvise reset, which handles swap itself"
+            }
+        }
+    }
+
     /// The metric label value.
     pub fn label(self) -> &'static str {
         match self {
@@ -237,7 +252,8 @@ fn discard(addr: usize, len: usize) {
     }
 }
 
-fn page_size() -> usize {
+/// The host's page size.
+pub(super) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }

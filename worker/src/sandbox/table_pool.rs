@@ -13,6 +13,8 @@ use std::os::unix::fs::FileExt;
 
 use wasmtime::{Engine, Instance, Module, Store};
 
+use super::swap_scrub::page_size;
+
 /// A shard's table pool: `len` bytes at `start`, every table slot of the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TablePool {
@@ -127,11 +129,6 @@ fn probe_wat(elements: usize) -> String {
           (func (export "fill")
             (table.fill $t (i32.const 0) (ref.func $marker) (i32.const {elements}))))"#
     )
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
 #[cfg(test)]
