@@ -24,7 +24,6 @@ mod swap_scrub;
 mod table_pool;
 mod wasi;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{error, info};
@@ -39,6 +38,7 @@ pub use exports::GuestExports;
 pub use output::{OutputCapture, OutputLimitExceeded, OverflowPolicy};
 pub use state::{SandboxState, TaskLimiter, WallClockExceeded};
 pub use swap_scrub::{ResetMethod, SwapScrub};
+use table_pool::TablePool;
 pub use wasi::GuestExit;
 
 /// The engines (one per shard), their WASI linkers and the caps every task runs under.
@@ -46,15 +46,15 @@ pub struct Sandbox {
     shards: Vec<Shard>,
     config: SandboxConfig,
     /// Discards pages of freed slots that wasmtime's reset left in swap.
-    swap_scrub: Arc<SwapScrub>,
+    swap_scrub: SwapScrub,
 }
 
 /// One engine with its own pool, and WASI linked for it. One task runs on it at a time.
 struct Shard {
     engine: Engine,
     linker: Linker<SandboxState>,
-    /// Where the pool's tables live (`start`, `len`), for the swap scrub.
-    tables: Option<(usize, usize)>,
+    /// Where the pool's tables live, for the swap scrub.
+    tables: Option<TablePool>,
 }
 
 /// A module compiled for and linked into every shard: one warm `InstancePre` per shard, and
@@ -171,18 +171,14 @@ impl Sandbox {
                     other => other?,
                 };
                 let tables = before.and_then(|before| {
-                    let found = table_pool::locate(
-                        &engine,
-                        config.warm_modules,
-                        config.table_elements,
-                        &before,
-                    );
-                    found
-                        .map_err(|error| {
-                            error!(%error, "cannot find the pool's tables: table pages in swap are not scrubbed")
-                        })
-                        .ok()
-                        .map(|pool| (pool.start, pool.len))
+                    let slots = config.warm_modules;
+                    match table_pool::locate(&engine, slots, config.table_elements, &before) {
+                        Ok(pool) => Some(pool),
+                        Err(error) => {
+                            error!(%error, "cannot find the pool's tables: table pages in swap are not scrubbed");
+                            None
+                        }
+                    }
                 });
                 let mut linker = Linker::new(&engine);
                 wasi::add_to_linker(&mut linker)
@@ -330,7 +326,7 @@ impl Sandbox {
         let (stderr, stderr_truncated) = state.stdio.stderr.take();
         // wasmtime resets the slot here; then whatever of it is in swap is discarded.
         drop(store);
-        let tables = self.shard(shard).tables;
+        let tables = self.shard(shard).tables.map(|pool| (pool.start, pool.len));
         self.swap_scrub
             .after_reset(memory.into_iter().chain(tables));
         let (outcome, exit_code) = outcome::classify(ended, memory_limit_hit, &limits);

@@ -113,15 +113,15 @@ pub struct SwapScrub {
 
 impl SwapScrub {
     /// Probes PAGEMAP_SCAN and joins the process's watch for swap (started by the first call).
-    pub fn start() -> Arc<SwapScrub> {
+    pub fn start() -> SwapScrub {
         let pagemap = File::open("/proc/self/pagemap")
             .ok()
             .filter(|file| scan(file, 0, 0, &mut []).is_ok());
-        Arc::new(SwapScrub {
+        SwapScrub {
             pagemap,
             swap_seen: swap_watch(),
             pages_scrubbed: AtomicU64::new(0),
-        })
+        }
     }
 
     /// How slots are reset now.
