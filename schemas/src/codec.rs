@@ -181,12 +181,35 @@ mod tests {
             Outcome::InvalidTask {
                 reason: "bad".into(),
             },
+            Outcome::ResultRefused {
+                reason: "too large".into(),
+            },
         ];
         for outcome in outcomes {
             let result = sample_result(outcome);
             let decoded: TaskResult = decode(&encode(&result), DEFAULT_MAX_MESSAGE_BYTES).unwrap();
             assert_eq!(decoded, result);
         }
+    }
+
+    #[test]
+    fn outcome_variants_keep_their_wire_tags() {
+        // A variant's tag is its position: new ones go last, so results written by an older
+        // worker still decode, and an older reader refuses only the new variant.
+        let tag = |outcome: &Outcome| encode(outcome)[1];
+        assert_eq!(tag(&Outcome::Success), 0);
+        assert_eq!(
+            tag(&Outcome::InvalidTask {
+                reason: String::new()
+            }),
+            7
+        );
+        assert_eq!(
+            tag(&Outcome::ResultRefused {
+                reason: String::new()
+            }),
+            8
+        );
     }
 
     #[test]

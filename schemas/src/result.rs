@@ -48,12 +48,21 @@ pub enum Outcome {
         /// What is wrong with it.
         reason: String,
     },
+    /// The task ran, but its result could not be published as it was: larger than the worker
+    /// publishes (`--max-result`), or refused by the broker (nack). This small result takes its
+    /// place (stdout and stderr dropped) so the task still gets an answer. Last among the
+    /// variants, so every earlier one keeps its encoding.
+    ResultRefused {
+        /// Why the real result was not published, and what the task's outcome had been.
+        reason: String,
+    },
 }
 
 impl Outcome {
     /// Process exit code for this outcome, shared by every CLI that reports one: the guest's own
     /// code when it exited, otherwise 124 timeout (as `timeout(1)`), 125 memory limit, 126 output
-    /// limit, 127 module not found (as a shell), 128 trap, 2 invalid task.
+    /// limit, 127 module not found (as a shell), 128 trap, 2 invalid task, 74 result refused
+    /// (`EX_IOERR`: the answer was lost on the way, not the guest's doing).
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::Success => 0,
@@ -64,11 +73,12 @@ impl Outcome {
             Outcome::ModuleNotFound { .. } => 127,
             Outcome::Trap { .. } => 128,
             Outcome::InvalidTask { .. } => 2,
+            Outcome::ResultRefused { .. } => 74,
         }
     }
 
     /// Every label [`Outcome::label`] can return, for pre-registering metrics.
-    pub const LABELS: [&'static str; 8] = [
+    pub const LABELS: [&'static str; 9] = [
         "success",
         "nonzero_exit",
         "trap",
@@ -77,6 +87,7 @@ impl Outcome {
         "output_limit",
         "module_not_found",
         "invalid_task",
+        "result_refused",
     ];
 
     /// A short, bounded label for logs and metrics.
@@ -90,6 +101,7 @@ impl Outcome {
             Outcome::OutputLimitExceeded { .. } => "output_limit",
             Outcome::ModuleNotFound { .. } => "module_not_found",
             Outcome::InvalidTask { .. } => "invalid_task",
+            Outcome::ResultRefused { .. } => "result_refused",
         }
     }
 
@@ -114,6 +126,7 @@ impl std::fmt::Display for Outcome {
             }
             Outcome::ModuleNotFound { module } => write!(f, "module {module:?} not found"),
             Outcome::InvalidTask { reason } => write!(f, "invalid task: {reason}"),
+            Outcome::ResultRefused { reason } => write!(f, "result not published: {reason}"),
         }
     }
 }

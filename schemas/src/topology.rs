@@ -5,6 +5,10 @@
 //! - Dead letters: a durable queue holding undecodable messages and poison tasks (the broker's
 //!   `x-death` header says why).
 //! - Results: a durable queue for results of tasks without `reply_to`.
+//! - Unroutable results: where a worker puts a result whose `reply_to` queue does not exist (a
+//!   batch's results queue that expired, a reply queue that died with its client), with
+//!   [`UNROUTABLE_REPLY_TO_HEADER`] and the return's code and reason as headers. By default the
+//!   results queue itself.
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -38,6 +42,16 @@ pub struct Topology {
     )]
     pub results: String,
 
+    /// Where a result goes when its `reply_to` queue does not exist (the broker returned it),
+    /// with headers saying where it was meant to go and why it came back. Default: the
+    /// `--results-queue` (`warren.results`). `warren collect` takes a batch's late results from
+    /// here.
+    #[arg(
+        long = "unroutable-results-queue",
+        env = "WARREN_UNROUTABLE_RESULTS_QUEUE"
+    )]
+    pub unroutable: Option<String>,
+
     /// Deliveries of one message before the broker dead-letters it (`x-delivery-limit`).
     #[arg(long, env = "WARREN_DELIVERY_LIMIT", default_value_t = 5)]
     pub delivery_limit: u32,
@@ -50,11 +64,17 @@ impl Topology {
             tasks: format!("warren.tasks.{suffix}"),
             dead: format!("warren.tasks.dead.{suffix}"),
             results: format!("warren.results.{suffix}"),
+            unroutable: None,
             delivery_limit: 5,
         }
     }
 
-    /// Declares the three queues (idempotent when they exist with the same arguments).
+    /// The queue unroutable results go to: `--unroutable-results-queue`, else the results queue.
+    pub fn unroutable_queue(&self) -> &str {
+        self.unroutable.as_deref().unwrap_or(&self.results)
+    }
+
+    /// Declares the queues (idempotent when they exist with the same arguments).
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
         let durable = QueueDeclareOptions {
             durable: true,
@@ -66,6 +86,15 @@ impl Topology {
         channel
             .queue_declare(self.results.as_str().into(), durable, FieldTable::default())
             .await?;
+        if self.unroutable_queue() != self.results {
+            channel
+                .queue_declare(
+                    self.unroutable_queue().into(),
+                    durable,
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         channel
             .queue_declare(
                 self.tasks.as_str().into(),
@@ -89,6 +118,16 @@ impl Topology {
         args
     }
 }
+
+/// Header of a result in the unroutable-results queue: the `reply_to` it was published to
+/// (long string).
+pub const UNROUTABLE_REPLY_TO_HEADER: &str = "x-warren-reply-to";
+/// Header of a result in the unroutable-results queue: the broker's reply code for the return
+/// (long int; 312 `NO_ROUTE` when the queue does not exist).
+pub const UNROUTABLE_CODE_HEADER: &str = "x-warren-return-code";
+/// Header of a result in the unroutable-results queue: the broker's reply text for the return
+/// (long string, e.g. `NO_ROUTE`).
+pub const UNROUTABLE_REASON_HEADER: &str = "x-warren-return-reason";
 
 fn key(name: &str) -> ShortString {
     name.into()

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
@@ -81,6 +81,47 @@ impl TestBroker {
             .with_reply_to(self.reply_queue.as_str().into())
             .with_message_id(task.id.to_string().into());
         self.publish_raw_with(&encode(task), props).await;
+    }
+
+    /// Publishes `task` (confirmed) with `reply_to` naming any queue, existing or not.
+    pub async fn publish_replying_to(&self, task: &Task, reply_to: &str) {
+        let props = BasicProperties::default()
+            .with_reply_to(reply_to.into())
+            .with_message_id(task.id.to_string().into());
+        self.publish_raw_with(&encode(task), props).await;
+    }
+
+    /// Takes (and acks) the next message of `queue`, waiting up to `timeout` for one.
+    pub async fn take(&self, queue: &str, timeout: Duration) -> Option<(BasicProperties, Vec<u8>)> {
+        let (_c, channel) = connect(&self.url).await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get");
+            if let Some(message) = got {
+                let delivery = message.delivery;
+                return Some((delivery.properties, delivery.data));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `queue` holds at least `count` ready messages (or `timeout`); returns the
+    /// last depth seen.
+    pub async fn wait_depth(&self, queue: &str, count: u32, timeout: Duration) -> u32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let depth = self.depth(queue).await;
+            if depth >= count || Instant::now() >= deadline {
+                return depth;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Publishes many tasks with confirms pipelined (at most 1024 unconfirmed), for big batches.

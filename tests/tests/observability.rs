@@ -163,6 +163,8 @@ fn dashboard_has_a_fixed_uid_and_a_panel_for_every_worker_metric() {
         metrics::POOL_UNUSED_MEMORY_RESIDENT_BYTES,
         metrics::SANDBOX_RESET_INFO,
         metrics::SANDBOX_SWAP_SCRUBBED_PAGES_TOTAL,
+        metrics::RESULTS_UNROUTABLE_TOTAL,
+        metrics::RESULTS_REFUSED_TOTAL,
     ] {
         assert!(
             exprs.iter().any(|e| e.contains(metric)),

@@ -50,6 +50,13 @@ pub const POOL_MEMORIES_IN_USE: &str = "warren_pool_memories_in_use";
 /// Gauge of resident bytes held by unused pool memory slots.
 pub const POOL_UNUSED_MEMORY_RESIDENT_BYTES: &str = "warren_pool_unused_memory_resident_bytes";
 
+/// Counter of results the broker returned because their `reply_to` queue does not exist
+/// (rerouted to the unroutable-results queue).
+pub const RESULTS_UNROUTABLE_TOTAL: &str = "warren_results_unroutable_total";
+/// Counter of results replaced by a small `result_refused` result, by reason: `too_large`
+/// (over `--max-result`) or `nacked` (the broker refused it).
+pub const RESULTS_REFUSED_TOTAL: &str = "warren_results_refused_total";
+
 /// Info gauge: 1 for the way freed pool slots are reset now (`method` label), 0 for the others.
 pub const SANDBOX_RESET_INFO: &str = "warren_sandbox_reset_info";
 /// Counter of pages found in swap after wasmtime's slot reset and discarded.
@@ -157,6 +164,18 @@ fn describe() {
         SANDBOX_SWAP_SCRUBBED_PAGES_TOTAL,
         "Pages of freed slots found in swap after wasmtime's reset and discarded."
     );
+    describe_counter!(
+        RESULTS_UNROUTABLE_TOTAL,
+        "Results returned by the broker (no queue named by reply_to), sent to the unroutable-results queue."
+    );
+    describe_counter!(
+        RESULTS_REFUSED_TOTAL,
+        "Results replaced by a small result_refused result, by reason (too_large, nacked)."
+    );
+    counter!(RESULTS_UNROUTABLE_TOTAL).absolute(0);
+    for reason in RESULT_REFUSED_REASONS {
+        counter!(RESULTS_REFUSED_TOTAL, "reason" => reason).absolute(0);
+    }
     for outcome in Outcome::LABELS {
         // Pre-register so rates exist (as 0) before the first such outcome.
         counter!(TASKS_TOTAL, "module" => "-", "outcome" => outcome).absolute(0);
@@ -228,6 +247,19 @@ impl TaskHandles {
 /// Records a delivery dead-lettered without running.
 pub fn record_rejected(reason: &'static str) {
     counter!(DELIVERIES_REJECTED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Every `reason` label of [`RESULTS_REFUSED_TOTAL`].
+pub const RESULT_REFUSED_REASONS: [&str; 2] = ["too_large", "nacked"];
+
+/// Records a result the broker returned as unroutable.
+pub fn record_result_unroutable() {
+    counter!(RESULTS_UNROUTABLE_TOTAL).increment(1);
+}
+
+/// Records a result replaced because of `reason` (one of [`RESULT_REFUSED_REASONS`]).
+pub fn record_result_refused(reason: &'static str) {
+    counter!(RESULTS_REFUSED_TOTAL, "reason" => reason).increment(1);
 }
 
 /// Records a reconnection.

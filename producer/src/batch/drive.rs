@@ -233,12 +233,7 @@ impl Run<'_> {
                 },
             };
             let result = &received.result;
-            let entry = result
-                .batch
-                .filter(|b| b.batch_id == self.manifest.batch_id)
-                .and_then(|b| self.manifest.task(b.index))
-                .filter(|entry| entry.task_id == result.task_id);
-            let Some(entry) = entry else {
+            let Some(entry) = super::late::of_batch(self.manifest, result) else {
                 warn!(task_id = %result.task_id, "dropping a result that is not from this batch");
                 stream.ack(received).await?;
                 continue;
@@ -275,6 +270,7 @@ impl Run<'_> {
             elapsed: self.started.elapsed(),
             interrupted,
             waited,
+            late: None,
         }
     }
 

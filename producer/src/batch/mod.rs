@@ -16,12 +16,15 @@
 //! - [`journal`]: `.warren-published`, what reached the broker.
 //! - [`sink`]: `<name>.out`, `<name>.err`, `results.jsonl`.
 //! - [`summary`]: counts and latency percentiles.
+//! - [`late`]: results that arrived after the batch's results queue expired, taken from the
+//!   unroutable-results queue.
 //! - `drive`: the publish and collect loops, run side by side.
 //! - this file: starting a batch, resuming one.
 
 mod drive;
 pub mod inputs;
 pub mod journal;
+pub mod late;
 pub mod manifest;
 pub mod sink;
 pub mod summary;
@@ -40,6 +43,7 @@ use crate::producer::Producer;
 use drive::Run;
 use inputs::BatchInput;
 use journal::Journal;
+use late::LateResults;
 use manifest::{results_queue_name, Manifest, ManifestTask, MANIFEST_VERSION};
 use sink::{Record, Sink};
 use summary::Summary;
@@ -84,6 +88,9 @@ pub trait Observer {
     fn confirmed(&self) {}
     /// One more result is on disk.
     fn completed(&self, _record: &Record) {}
+    /// The batch's results queue was gone; `late` says what was taken from the
+    /// unroutable-results queue instead, and `missing` results are still awaited.
+    fn late_results(&self, _late: &LateResults, _missing: u64) {}
 }
 
 /// An [`Observer`] that ignores everything.
@@ -117,6 +124,9 @@ pub struct BatchReport {
     pub interrupted: bool,
     /// False for `--no-wait`: nothing was collected.
     pub waited: bool,
+    /// Set when the results queue was gone and late results were looked for in the
+    /// unroutable-results queue.
+    pub late: Option<LateResults>,
 }
 
 impl BatchReport {
@@ -245,13 +255,14 @@ pub async fn collect(
         warn!(batch = %manifest.tasks_queue, now = %producer.topology().tasks, "the batch was published to another task queue; republishing goes to the current one");
     }
     let (journal, state) = Journal::open(out)?;
-    let sink = Sink::open(out)?;
-    let done: HashSet<u64> = sink.records().iter().map(|r| r.index).collect();
+    let mut sink = Sink::open(out)?;
+    let done = |sink: &Sink| -> HashSet<u64> { sink.records().iter().map(|r| r.index).collect() };
+    let on_disk = done(&sink);
     // Sent but unconfirmed: maybe lost, so sent again (same task id; duplicates are dropped).
     let mut indices: Vec<u64> = state
         .unconfirmed()
         .into_iter()
-        .filter(|i| !done.contains(i))
+        .filter(|i| !on_disk.contains(i))
         .collect();
     if publish_rest {
         indices.extend(
@@ -262,7 +273,7 @@ pub async fn collect(
                 .filter(|i| !state.sent.contains(i)),
         );
     }
-    let waiting_for = state.sent.iter().filter(|i| !done.contains(i)).count();
+    let waiting_for = state.sent.iter().filter(|i| !on_disk.contains(i)).count();
     let run = Run {
         producer,
         manifest: &manifest,
@@ -278,33 +289,38 @@ pub async fn collect(
         }
         return Ok(report);
     }
+    let mut late = None;
     match producer.inspect_queue(&manifest.results_queue).await {
-        Err(ProducerError::QueueNotFound { .. }) if waiting_for == 0 => {
-            // Nothing was waiting in it, so nothing is lost: make it anew for what comes.
+        Err(ProducerError::QueueNotFound { .. }) => {
+            // Expired (`results_ttl` after its last use) or deleted. Results from now on go to
+            // a new one; those that came back before are in the unroutable-results queue.
             let ttl = Duration::from_millis(manifest.results_ttl_ms);
             producer
                 .declare_results_queue(&manifest.results_queue, ttl)
                 .await?;
-        }
-        Err(ProducerError::QueueNotFound { queue, .. }) => {
-            return Err(ProducerError::QueueNotFound {
-                queue,
-                hint: format!(
-                    "; it expired ({} after its last use) or was deleted, and with it the results of {waiting_for} unfinished tasks: run those inputs again as a new batch",
-                    humantime::format_duration(Duration::from_millis(manifest.results_ttl_ms))
-                ),
-            })
+            if waiting_for > 0 {
+                let found = late::take(producer, &manifest, &mut sink, observer).await?;
+                let on_disk = done(&sink);
+                let missing = state.sent.iter().filter(|i| !on_disk.contains(i)).count();
+                info!(queue = %manifest.results_queue, from = %found.unroutable_queue, taken = found.taken, missing, "the batch's results queue was gone; late results taken from the unroutable-results queue");
+                observer.late_results(&found, missing as u64);
+                late = Some(found);
+            }
         }
         other => {
             other?;
         }
     }
+    let on_disk = done(&sink);
+    indices.retain(|i| !on_disk.contains(i));
     let to_publish = if indices.is_empty() {
         Vec::new()
     } else {
         reload_inputs(&manifest, &indices)?
     };
-    run.drive(journal, sink, to_publish, options).await
+    let mut report = run.drive(journal, sink, to_publish, options).await?;
+    report.late = late;
+    Ok(report)
 }
 
 /// Re-reads the batch's inputs for the tasks at `indices`, checking they still match.

@@ -32,12 +32,12 @@ pub struct Record {
     /// The input's name.
     pub name: String,
     /// Outcome label: `success`, `nonzero_exit`, `trap`, `timeout`, `memory_limit`,
-    /// `output_limit`, `module_not_found`, `invalid_task`.
+    /// `output_limit`, `module_not_found`, `invalid_task`, `result_refused`.
     pub outcome: String,
     /// The outcome in words (exit code, trap message, limit, ...).
     pub detail: String,
     /// Exit code in the CLI's convention: the guest's own when it exited, else 124 timeout,
-    /// 125 memory, 126 output, 127 module not found, 128 trap, 2 invalid task.
+    /// 125 memory, 126 output, 127 module not found, 128 trap, 2 invalid task, 74 result refused.
     pub exit_code: i32,
     /// The module version that ran (`name@digest`), when one was found.
     pub module: Option<String>,

@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
+use crate::batch::late::LateResults;
 use crate::batch::manifest::Manifest;
 use crate::batch::sink::Record;
 use crate::batch::Observer;
@@ -94,5 +95,20 @@ impl Observer for Bars {
         if let Some(bar) = &self.completed {
             bar.inc(1);
         }
+    }
+
+    fn late_results(&self, late: &LateResults, missing: u64) {
+        self.println(&format!(
+            "warren: the batch's results queue {} was gone (expired after --results-ttl, or deleted); \
+             workers put the results that came after in {}: took this batch's {} from there{}",
+            late.expired_queue,
+            late.unroutable_queue,
+            late.taken,
+            if missing > 0 {
+                format!("; waiting for the other {missing} in a new {}", late.expired_queue)
+            } else {
+                String::new()
+            }
+        ));
     }
 }

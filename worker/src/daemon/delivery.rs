@@ -12,15 +12,14 @@
 use std::sync::Arc;
 
 use lapin::message::Delivery;
-use lapin::options::BasicPublishOptions;
-use lapin::types::{AMQPValue, ShortString};
-use lapin::{BasicProperties, Channel};
+use lapin::types::AMQPValue;
+use lapin::Channel;
 use tracing::{debug, warn};
-use warren_schemas::task::unix_now_ns;
-use warren_schemas::{decode, encode, Task, TaskResult, CONTENT_TYPE};
+use warren_schemas::{decode, Task};
 
 use super::acks::Settle;
-use super::settler::{Publishing, Settler};
+use super::result_route;
+use super::settler::Settler;
 use super::Worker;
 use crate::metrics;
 
@@ -49,34 +48,15 @@ pub fn carry(worker: &Worker, publisher: &Arc<Channel>, settler: &Settler, deliv
     let result = worker.execute(task, attempt);
     metrics::record_result(&result);
     debug!(task_id = %result.task_id, outcome = result.outcome.label(), "task finished");
-    // 5. publish (with the settler's next batch), 6. ack once confirmed
-    let publishing = publish(publisher.clone(), routing_key, &result);
+    // 5. publish (with the settler's next batch; mandatory, rerouted or replaced when the
+    //    broker does not take it: see result_route), 6. ack once confirmed
+    let publishing = result_route::publish(
+        publisher.clone(),
+        worker.result_route.clone(),
+        routing_key,
+        &result,
+    );
     settler.publishing(tag, result.task_id, publishing);
-}
-
-/// The publish of `result` to `routing_key` via the default exchange: its first poll (by the
-/// settler) queues the frames; it resolves to whether the broker confirmed the result.
-fn publish(publisher: Arc<Channel>, routing_key: ShortString, result: &TaskResult) -> Publishing {
-    let id: ShortString = result.task_id.to_string().into();
-    let properties = BasicProperties::default()
-        .with_message_id(id.clone())
-        .with_correlation_id(id)
-        .with_content_type(CONTENT_TYPE.into())
-        .with_timestamp(unix_now_ns() / 1_000_000_000)
-        .with_delivery_mode(2);
-    let payload = encode(result);
-    Box::pin(async move {
-        let confirm = publisher
-            .basic_publish(
-                "".into(),
-                routing_key,
-                BasicPublishOptions::default(),
-                &payload,
-                properties,
-            )
-            .await?;
-        Ok(confirm.await?.is_ack())
-    })
 }
 
 /// Delivery attempt from 1: quorum queues count earlier deliveries in `x-delivery-count`.

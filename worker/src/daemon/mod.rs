@@ -10,12 +10,14 @@
 //! - `session`: one connection's life — declare, QoS, consume, drain.
 //! - `lanes`: the threads that take deliveries and carry each to its result.
 //! - `delivery`: the per-task path (decode → run → publish confirmed → ack).
+//! - `result_route`: where a result goes when its reply queue is gone or the broker refuses it.
 //! - `settler`: waits for a session's publisher confirms and settles deliveries.
 //! - `acks`: the rules for coalescing acks safely.
 
 mod acks;
 mod delivery;
 mod lanes;
+mod result_route;
 mod session;
 mod settler;
 
@@ -41,6 +43,8 @@ use crate::sandbox::Sandbox;
 use crate::watch::watch_modules;
 use crate::{metrics, ModuleSource, SandboxConfig};
 use lanes::Lanes;
+pub use result_route::ResultArgs;
+use result_route::ResultRoute;
 pub use warren_schemas::Topology;
 
 /// Arguments of `warren-worker run`.
@@ -57,6 +61,10 @@ pub struct RunArgs {
     /// Queue names and delivery limit.
     #[command(flatten)]
     pub topology: Topology,
+
+    /// How results are published (largest result).
+    #[command(flatten)]
+    pub results: ResultArgs,
 
     /// Deliveries the broker may send before acks (per consumer). Default: 128 per lane
     /// thread, for short tasks: tasks beyond the running ones wait for a lane or for their
@@ -120,6 +128,8 @@ pub struct Worker {
     runner_id: String,
     amqp_url: String,
     topology: Topology,
+    /// Where results go, and what happens when the broker does not take them there.
+    result_route: Arc<ResultRoute>,
     prefetch: u16,
     drain_timeout: Duration,
     max_message_bytes: usize,
@@ -172,6 +182,7 @@ pub async fn run(
         } else {
             Execute::Sandbox(TaskRunner::new(registry, runner_id.clone()))
         },
+        result_route: Arc::new(ResultRoute::new(&args.topology, &args.results, &runner_id)),
         runner_id,
         amqp_url: args.amqp_url,
         topology: args.topology,

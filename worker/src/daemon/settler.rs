@@ -45,8 +45,8 @@ const WAKE_EVERY_DIVISOR: usize = 8;
 /// While the settling task holds unresolved confirms, it looks at them at least this often.
 const SETTLE_TICK: Duration = Duration::from_millis(1);
 
-/// A result's publish: its first poll queues the frames; it resolves to whether the broker
-/// confirmed it (`false`: nacked).
+/// A result's publish: its first poll queues the frames; it resolves to whether a queue took
+/// the result or its stand-in (`false`: nothing left to try; see [`super::result_route`]).
 pub type Publishing = Pin<Box<dyn Future<Output = lapin::Result<bool>> + Send>>;
 
 enum Message {
@@ -323,7 +323,7 @@ fn settlement(task_id: TaskId, confirmed: lapin::Result<bool>) -> Settle {
     match confirmed {
         Ok(true) => Settle::Ack,
         Ok(false) => {
-            warn!(%task_id, "broker refused the result (nack); requeueing the task");
+            warn!(%task_id, "no queue took the result; requeueing the task");
             Settle::Requeue
         }
         Err(error) => {
