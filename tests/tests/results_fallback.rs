@@ -265,7 +265,10 @@ async fn a_result_over_max_result_is_answered_by_a_small_error_and_the_worker_go
     assert_eq!(broker.depth(&broker.topology.dead).await, 0);
     let metrics = worker.metrics();
     assert_eq!(
-        counter(&metrics, "warren_results_refused_total{reason=\"too_large\"}"),
+        counter(
+            &metrics,
+            "warren_results_refused_total{reason=\"too_large\"}"
+        ),
         1.0,
         "{metrics}"
     );

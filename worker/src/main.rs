@@ -46,7 +46,14 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn".into())
+                // lapin warns of every returned message with its whole body; the daemon's
+                // result_route logs each one by task id and reply_to instead.
+                .add_directive(
+                    "lapin::returned_messages=error"
+                        .parse()
+                        .expect("a valid log directive"),
+                ),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -104,14 +104,20 @@ async fn scan(
             .ack(BasicAckOptions::default())
             .await
             .map_err(|e| {
-                ProducerError::broker(format!("acking the late result of task {}", result.task_id), e)
+                ProducerError::broker(
+                    format!("acking the late result of task {}", result.task_id),
+                    e,
+                )
             })?;
     }
     Ok(())
 }
 
 /// The manifest entry `result` answers, when it is one of this batch's tasks.
-pub(super) fn of_batch<'m>(manifest: &'m Manifest, result: &TaskResult) -> Option<&'m ManifestTask> {
+pub(super) fn of_batch<'m>(
+    manifest: &'m Manifest,
+    result: &TaskResult,
+) -> Option<&'m ManifestTask> {
     result
         .batch
         .filter(|b| b.batch_id == manifest.batch_id)

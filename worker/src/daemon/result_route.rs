@@ -32,8 +32,7 @@ use warren_schemas::topology::{
     UNROUTABLE_CODE_HEADER, UNROUTABLE_REASON_HEADER, UNROUTABLE_REPLY_TO_HEADER,
 };
 use warren_schemas::{
-    decode, encode, BatchRef, Outcome, ResolvedModule, TaskResult, Timings, Topology,
-    CONTENT_TYPE,
+    decode, encode, BatchRef, Outcome, ResolvedModule, TaskResult, Timings, Topology, CONTENT_TYPE,
 };
 
 use super::settler::Publishing;
@@ -111,22 +110,19 @@ pub fn publish(
     }
     Box::pin(async move {
         let mut returned_others = Vec::new();
-        let stored = carry(
-            &channel,
-            &route,
-            attempt,
-            Some(stub),
-            &mut returned_others,
-        )
-        .await;
+        let stored = carry(&channel, &route, attempt, Some(stub), &mut returned_others).await;
         // Results of other publishes whose return came with this one's confirm.
         while let Some(returned) = returned_others.pop() {
             let attempt = Attempt::returned(returned);
             let id = attempt.id.clone();
             match carry(&channel, &route, attempt, None, &mut returned_others).await {
                 Ok(true) => {}
-                Ok(false) => error!(task_id = %id, "a returned result could not be stored anywhere and is lost"),
-                Err(error) => error!(task_id = %id, %error, "a returned result could not be republished and is lost"),
+                Ok(false) => {
+                    error!(task_id = %id, "a returned result could not be stored anywhere and is lost")
+                }
+                Err(error) => {
+                    error!(task_id = %id, %error, "a returned result could not be republished and is lost")
+                }
             }
         }
         stored
@@ -352,7 +348,14 @@ fn sort(
             };
             (answer, None)
         }
-        other => (if acked { Answer::Stored } else { Answer::Refused }, other),
+        other => (
+            if acked {
+                Answer::Stored
+            } else {
+                Answer::Refused
+            },
+            other,
+        ),
     }
 }
 
