@@ -102,7 +102,8 @@ impl Producer {
 
     /// Enqueues `task` with a private reply queue (exclusive to this connection, deleted when
     /// done) and waits for its result. Wrap it in a timeout if the wait must be bounded; the
-    /// result of a task whose producer went away is lost with the reply queue.
+    /// result of a task whose producer went away ends in the unroutable-results queue, with
+    /// the gone reply queue's name in its `x-warren-reply-to` header.
     pub async fn submit_and_wait(&self, task: &Task) -> Result<TaskResult> {
         let channel = self.channel().await?;
         let private = QueueDeclareOptions {

@@ -47,7 +47,8 @@ pub struct BatchArgs {
     pub flow: FlowArgs,
 
     /// How long the batch's results queue lives after its last use (no consumer, no
-    /// declare); results not collected by then are lost.
+    /// declare). Results waiting in it when it expires are lost with it; results that come
+    /// after go to the unroutable-results queue, where `warren collect` finds them.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub results_ttl: Duration,
 

@@ -192,8 +192,9 @@ async fn carry(
                     },
                 };
                 let reason = format!(
-                    "the broker refused the result ({}) published to {:?} (nack); stdout and stderr dropped",
-                    stub.outcome, attempt.routing_key
+                    "the broker refused the result ({}) published to {} (nack); stdout and stderr dropped",
+                    stub.outcome,
+                    attempt.routing_key.as_str()
                 );
                 warn!(task_id = %attempt.id, queue = %attempt.routing_key, "the broker refused the result (nack); publishing a result_refused result instead");
                 metrics::record_result_refused("nacked");
