@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use warren_worker::daemon::Topology;
+use warren_schemas::Topology;
 
 use crate::broker::amqp_url;
 use crate::{binary, modules_dir, shared_aot_cache};

@@ -77,10 +77,8 @@ fn main() -> ExitCode {
 /// Runs the daemon on a tokio runtime until SIGTERM or SIGINT, then drains.
 ///
 /// One runtime thread: the async side only waits on the broker (confirms, acks, reconnects) and
-/// serves `/metrics`; tasks run on the lanes. A second runtime thread only adds wake-ups (a
-/// task woken from lapin's I/O thread also wakes an idle worker to look for work): with one,
-/// the null worker's CPU per task fell from 22.3 to 19.6 µs, five alternations of
-/// `bench queue --cases null,trivial` (BENCHMARKS.md).
+/// serves `/metrics`; tasks run on the lanes. A second runtime thread would only add wake-ups
+/// (BENCHMARKS.md, "Decisions").
 fn run_daemon(args: RunArgs) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -19,12 +19,12 @@ use wasmtime::{Linker, Store};
 use wasmtime_wasi::p1::{add_to_linker_sync, WasiP1Ctx};
 use wasmtime_wasi::WasiCtxBuilder;
 
-use crate::config::parse_duration;
 use crate::engine::Allocation;
 use crate::registry::{LoadedModule, ModuleRegistry};
 use crate::runner::TaskRunner;
 use crate::sandbox::Sandbox;
 use crate::{ModuleSource, SandboxConfig};
+use warren_schemas::args::parse_duration;
 
 /// Arguments of `warren-worker bench executor`.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,7 +48,7 @@ pub struct ExecutorBenchArgs {
 
     /// Dirty linear memory reset in place per freed slot (the worker's `--keep-resident`), to
     /// measure its effect on the task path.
-    #[arg(long, default_value = "64KiB", value_parser = crate::config::parse_bytes)]
+    #[arg(long, default_value = "64KiB", value_parser = warren_schemas::args::parse_bytes)]
     pub keep_resident: u64,
 
     /// Where modules come from.
@@ -151,7 +151,7 @@ fn raw_loop(
         .map(|(shard, engine)| {
             let mut linker: Linker<WasiP1Ctx> = Linker::new(engine);
             add_to_linker_sync(&mut linker, |ctx| ctx)?;
-            let pre = linker.instantiate_pre(module.pre.pre(shard).module())?;
+            let pre = linker.instantiate_pre(module.warm.pre(shard).module())?;
             Ok((engine, pre))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

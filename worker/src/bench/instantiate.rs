@@ -19,11 +19,12 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use super::stats::percentile;
-use crate::config::{parse_duration, SandboxConfig};
+use crate::config::SandboxConfig;
 use crate::engine::Allocation;
 use crate::registry::{LoadedModule, ModuleRegistry};
 use crate::sandbox::{Execution, GuestCall, Sandbox};
 use crate::ModuleSource;
+use warren_schemas::args::parse_duration;
 
 /// Arguments of `warren-worker bench instantiate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -103,15 +104,15 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
                 let row = match allocation {
                     Allocation::Pooled | Allocation::OnDemandCow => {
                         measure_threads(threads, args.duration, |shard| {
-                            sandbox.run(shard, &module.pre, call.clone())
+                            sandbox.run(shard, &module.warm, call.clone())
                         })?
                     }
                     Allocation::OnDemandCopy => measure_threads(threads, args.duration, |shard| {
-                        let exports = module.pre.exports(shard);
+                        let exports = module.warm.exports(shard);
                         sandbox.run_with(shard, call.clone(), exports, |store| {
                             sandbox
                                 .linker(shard)
-                                .instantiate(store, module.pre.pre(shard).module())
+                                .instantiate(store, module.warm.pre(shard).module())
                         })
                     })?,
                 };

@@ -285,7 +285,7 @@ async fn run_case(args: &QueueBenchArgs, case: Case) -> anyhow::Result<QueueBenc
         .with_context(|| {
             format!(
                 "cannot connect to {}",
-                crate::daemon::redact(&args.amqp_url)
+                warren_schemas::topology::redact_url(&args.amqp_url)
             )
         })?;
     let channel = connection.create_channel().await?;

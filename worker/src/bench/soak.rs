@@ -33,9 +33,9 @@ use warren_schemas::{
 };
 
 use super::worker_process::{BenchWorker, WorkerLaunch};
-use crate::config::parse_duration;
 use crate::probe::http_get;
 use crate::ModuleSource;
+use warren_schemas::args::parse_duration;
 
 /// Arguments of `warren-worker bench soak`.
 #[derive(Debug, Clone, clap::Args)]
@@ -120,7 +120,7 @@ pub fn run_soak(args: &SoakArgs) -> anyhow::Result<i32> {
             .with_context(|| {
                 format!(
                     "cannot connect to {}",
-                    crate::daemon::redact(&args.amqp_url)
+                    warren_schemas::topology::redact_url(&args.amqp_url)
                 )
             })?;
         let channel = connection.create_channel().await?;

@@ -36,8 +36,8 @@ use warren_schemas::{
 };
 
 use super::settler::Publishing;
-use crate::config::parse_bytes;
 use crate::metrics;
+use warren_schemas::args::parse_bytes;
 
 /// Default of `--max-result`: the largest frame warren's own readers decode
 /// ([`warren_schemas::DEFAULT_MAX_MESSAGE_BYTES`]), below RabbitMQ's default `max_message_size`
