@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod observability;
+pub mod probe;
 pub mod producer_cli;
 pub mod swap;
 pub mod worker_process;
@@ -14,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
-use warren_worker::engine::Allocation;
 use warren_worker::{ModuleRegistry, Sandbox, SandboxConfig, TaskRunner};
 
 /// The repository root.
@@ -91,7 +91,7 @@ pub fn test_config(slots: usize) -> SandboxConfig {
 
 /// A registry over a fresh sandbox built from `config`, with its AOT cache in `cache`.
 pub fn registry(config: SandboxConfig, cache: &Path) -> Arc<ModuleRegistry> {
-    let sandbox = Arc::new(Sandbox::new(config, Allocation::Pooled).expect("sandbox"));
+    let sandbox = Arc::new(Sandbox::new(config).expect("sandbox"));
     Arc::new(ModuleRegistry::new(sandbox, cache).unwrap_or_else(|error| panic!("{error}")))
 }
 

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use warren_schemas::{ModuleRef, Outcome, Task, TaskResult};
 
-use crate::engine::Allocation;
 use crate::registry::ModuleRegistry;
 use crate::runner::{default_worker_id, TaskRunner};
 use crate::sandbox::Sandbox;
@@ -57,7 +56,7 @@ pub fn parse_env_pair(s: &str) -> Result<(String, String), String> {
 /// Runs `warren-worker exec` and returns the process exit code.
 pub fn run_exec(args: ExecArgs) -> anyhow::Result<i32> {
     let input = read_input(args.input.as_deref())?;
-    let sandbox = Arc::new(Sandbox::new(args.sandbox, Allocation::Pooled)?);
+    let sandbox = Arc::new(Sandbox::new(args.sandbox)?);
     let registry = Arc::new(ModuleRegistry::new(sandbox, &args.source.cache_dir()?)?);
     let modules_dir = args.source.modules_dir;
     let module = resolve_target(&registry, &args.module, &modules_dir)?;

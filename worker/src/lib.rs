@@ -10,20 +10,19 @@
 //! - [`watch`]: rescans the modules directory when it changes.
 //! - [`runner`]: `Task` → `TaskResult` through the registry, on the calling thread.
 //! - [`daemon`]: `warren-worker run`, the queue worker (consume, run, publish confirmed, ack).
-//! - [`metrics`], [`http`]: Prometheus metrics and the health endpoints; [`probe`] reads them.
+//! - [`metrics`], [`http`]: Prometheus metrics and the health endpoints.
 //! - [`exec`]: `warren-worker exec`, the local, broker-less way to run one task.
-//! - [`bench`]: `warren-worker bench instantiate|executor|queue|soak`: numbers, side by side.
+//!
+//! The benchmarks live in their own crate (`bench/`, `warren-bench`) and use only this public API.
 #![deny(missing_docs)]
 
 pub mod aot_cache;
-pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod exec;
 pub mod http;
 pub mod metrics;
-pub mod probe;
 pub mod registry;
 pub mod runner;
 pub mod sandbox;

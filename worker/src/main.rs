@@ -3,10 +3,6 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use warren_worker::bench::{
-    run_executor_bench, run_instantiate_bench, run_queue_bench, run_soak, ExecutorBenchArgs,
-    InstantiateBenchArgs, QueueBenchArgs, SoakArgs,
-};
 use warren_worker::daemon::{run, RunArgs};
 use warren_worker::exec::{run_exec, ExecArgs};
 
@@ -24,21 +20,6 @@ enum Command {
     Run(RunArgs),
     /// Run one task locally, without a broker, exactly as the daemon would.
     Exec(ExecArgs),
-    /// Benchmarks that print numbers.
-    #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Instantiation strategies side by side: naive, CoW + InstancePre, warren's pool.
-    Instantiate(InstantiateBenchArgs),
-    /// warren's task path without a broker vs a raw wasmtime loop, on all cores.
-    Executor(ExecutorBenchArgs),
-    /// Tasks/s and end-to-end latency through RabbitMQ, next to a null worker's ceiling.
-    Queue(QueueBenchArgs),
-    /// Many trivial tasks through one worker process, sampling its RSS, fds and in-flight gauge.
-    Soak(SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,10 +34,6 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_daemon(args),
         Command::Exec(args) => run_exec(args),
-        Command::Bench(BenchCommand::Instantiate(args)) => run_instantiate_bench(&args).map(|_| 0),
-        Command::Bench(BenchCommand::Executor(args)) => run_executor_bench(&args).map(|_| 0),
-        Command::Bench(BenchCommand::Queue(args)) => run_queue_bench(&args).map(|_| 0),
-        Command::Bench(BenchCommand::Soak(args)) => run_soak(&args),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -33,7 +33,6 @@ use warren_schemas::task::unix_now_ns;
 use warren_schemas::{Outcome, ResolvedModule, Task, TaskResult, Timings};
 
 use crate::config::{parse_bytes, parse_duration};
-use crate::engine::Allocation;
 use crate::http::{self, HttpState};
 use crate::registry::ModuleRegistry;
 use crate::runner::{default_worker_id, TaskRunner};
@@ -139,7 +138,7 @@ pub async fn run(
         Some(p) => p,
     };
     let lane_stack = args.sandbox.guest_thread_stack();
-    let sandbox = Arc::new(Sandbox::new(args.sandbox, Allocation::Pooled)?);
+    let sandbox = Arc::new(Sandbox::new(args.sandbox)?);
     let registry = Arc::new(ModuleRegistry::new(sandbox, &args.source.cache_dir()?)?);
     let modules_dir = &args.source.modules_dir;
     registry.load_dir(modules_dir).with_context(|| {
