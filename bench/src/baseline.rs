@@ -9,14 +9,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
+use warren_worker::SandboxConfig;
 use wasmtime::{
     Config, Engine, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder,
 };
 use wasmtime_wasi::p1::{add_to_linker_sync, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
-use warren_worker::SandboxConfig;
 
 /// How a baseline makes each task's instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub fn engine(config: &SandboxConfig, cow: bool) -> anyhow::Result<Engine> {
         .memory_reservation_for_growth(0)
         .max_wasm_stack(usize::try_from(config.max_wasm_stack)?)
         .async_stack_size(config.guest_thread_stack());
-    Engine::new(&wasm)
+    Ok(Engine::new(&wasm)?)
 }
 
 /// Per-task state of a baseline store: stock WASI and a memory cap.
@@ -66,9 +66,9 @@ pub struct Command {
 impl Command {
     /// Compiles the module at `path` for `engine` and links wasmtime-wasi's preview 1 into it.
     pub fn load(engine: &Engine, path: &Path, config: &SandboxConfig) -> anyhow::Result<Self> {
-        let module = Module::from_file(engine, path).with_context(|| {
-            format!(
-                "cannot load {} (run modules/build.sh first)",
+        let module = Module::from_file(engine, path).map_err(|error| {
+            anyhow::anyhow!(
+                "cannot load {} (run modules/build.sh first): {error:#}",
                 path.display()
             )
         })?;
@@ -119,7 +119,7 @@ impl Command {
             Err(error) => match error.downcast_ref::<I32Exit>() {
                 Some(I32Exit(0)) => {}
                 Some(I32Exit(code)) => bail!("{} exited with {code}", self.name),
-                None => return Err(error),
+                None => return Err(error.into()),
             },
         }
         drop(store);

@@ -21,10 +21,15 @@ pub struct BenchQueues {
 impl BenchQueues {
     /// Connects to `url` and declares fresh queues named `warren.<…>.<kind>-<random>`.
     pub async fn declare(url: &str, kind: &str) -> anyhow::Result<Self> {
-        let suffix = format!("{kind}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let suffix = format!(
+            "{kind}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
         let producer = Producer::connect(url, Topology::with_suffix(&suffix)).await?;
         let replies = format!("warren.{kind}.replies.{suffix}");
-        producer.declare_results_queue(&replies, REPLIES_EXPIRE).await?;
+        producer
+            .declare_results_queue(&replies, REPLIES_EXPIRE)
+            .await?;
         Ok(BenchQueues { producer, replies })
     }
 

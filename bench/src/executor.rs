@@ -9,6 +9,7 @@
 //! limits, deadline and outcome classification, and the encoded result — everything a daemon
 //! lane does per task except talking to the broker.
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,12 +17,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use warren_schemas::{decode, encode, ModuleRef, Task};
-use wasmtime::{Engine, InstancePre, Linker, Module, Store};
-use wasmtime_wasi::p1::{add_to_linker_sync, WasiP1Ctx};
-use wasmtime_wasi::WasiCtxBuilder;
 use warren_worker::config::{parse_bytes, parse_duration};
 use warren_worker::sandbox::Sandbox;
 use warren_worker::{ModuleRegistry, ModuleSource, SandboxConfig, TaskRunner};
+use wasmtime::{Engine, InstancePre, Linker, Module, Store};
+use wasmtime_wasi::p1::{add_to_linker_sync, WasiP1Ctx};
+use wasmtime_wasi::WasiCtxBuilder;
 
 /// Arguments of `warren-bench executor`.
 #[derive(Debug, Clone, clap::Args)]
@@ -134,16 +135,23 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// The raw loop's per-shard set-up: each of warren's engines with the module at `path`
-/// compiled for it and linked to wasmtime-wasi, so each raw thread uses its own engine as each
-/// of warren's lanes does.
+/// The raw loop's per-shard set-up: each of warren's engines with the module at `path` linked to
+/// wasmtime-wasi, so each raw thread uses its own engine as each of warren's lanes does. The
+/// module is compiled once and mapped from a file, as warren maps it from its AOT cache, so
+/// both sides instantiate from the same kind of image.
 type RawShards<'a> = Vec<(&'a Engine, InstancePre<WasiP1Ctx>)>;
 
 fn raw_shards<'a>(sandbox: &'a Sandbox, path: &Path) -> anyhow::Result<RawShards<'a>> {
+    let compiled = sandbox.engine().precompile_module(&std::fs::read(path)?)?;
+    let mut file = tempfile::NamedTempFile::new()?;
+    file.write_all(&compiled)?;
     sandbox
         .engines()
         .map(|engine| {
-            let module = Module::from_file(engine, path)?;
+            // SAFETY: the file holds `precompile_module` output of shard 0's engine, written
+            // just above to a private temporary file nothing else changes; every shard's engine
+            // has the same configuration.
+            let module = unsafe { Module::deserialize_file(engine, file.path())? };
             let mut linker: Linker<WasiP1Ctx> = Linker::new(engine);
             add_to_linker_sync(&mut linker, |ctx| ctx)?;
             Ok((engine, linker.instantiate_pre(&module)?))

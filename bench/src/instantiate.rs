@@ -105,6 +105,7 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
         max_concurrent_tasks: Some(cores),
         ..SandboxConfig::default()
     };
+    let thread_counts = if cores > 1 { vec![1, cores] } else { vec![1] };
     let mut rows = Vec::new();
     for name in &args.modules {
         let path = args.source.modules_dir.join(format!("{name}.wasm"));
@@ -113,12 +114,17 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
             {
                 continue;
             }
-            let thread_counts = if cores > 1 { vec![1, cores] } else { vec![1] };
+            let measure = |task: &(dyn Fn(usize) -> anyhow::Result<Duration> + Sync)| {
+                thread_counts
+                    .iter()
+                    .map(|&threads| measure_threads(threads, args.duration, task))
+                    .collect::<anyhow::Result<Vec<_>>>()
+            };
             let measured = match strategy {
                 Strategy::Baseline(_, how) => {
                     let engine = baseline::engine(&config, how == Instantiation::CowPre)?;
                     let command = baseline::Command::load(&engine, &path, &config)?;
-                    measure_counts(&thread_counts, args.duration, |_| command.run(how, INPUT))?
+                    measure(&|_| command.run(how, INPUT))?
                 }
                 Strategy::Warren(_) => {
                     let sandbox = Arc::new(Sandbox::new(config.clone())?);
@@ -134,7 +140,7 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
                         input: INPUT.to_vec(),
                         ..GuestCall::default()
                     };
-                    measure_counts(&thread_counts, args.duration, |shard| {
+                    measure(&|shard| {
                         let execution = sandbox.run(shard, &module.pre, call.clone());
                         if !execution.outcome.is_success() {
                             bail!("benchmark task did not succeed: {}", execution.outcome);
@@ -162,24 +168,12 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
     Ok(rows)
 }
 
-/// [`measure_threads`] once for each of `thread_counts`.
-fn measure_counts(
-    thread_counts: &[usize],
-    duration: Duration,
-    task: impl Fn(usize) -> anyhow::Result<Duration> + Sync,
-) -> anyhow::Result<Vec<BenchRow>> {
-    thread_counts
-        .iter()
-        .map(|&threads| measure_threads(threads, duration, &task))
-        .collect()
-}
-
 /// Runs `task` in a loop on `threads` threads for `duration`; thread `i` runs on shard `i`. The
 /// task returns its instantiate time.
 fn measure_threads(
     threads: usize,
     duration: Duration,
-    task: &(impl Fn(usize) -> anyhow::Result<Duration> + Sync),
+    task: &(dyn Fn(usize) -> anyhow::Result<Duration> + Sync),
 ) -> anyhow::Result<BenchRow> {
     let started = Instant::now();
     let per_thread = std::thread::scope(|scope| {

@@ -7,6 +7,7 @@ use warren_bench::{
     run_executor_bench, run_instantiate_bench, run_queue_bench, run_soak, ExecutorBenchArgs,
     InstantiateBenchArgs, QueueBenchArgs, SoakArgs,
 };
+use warren_worker::process;
 
 /// warren's benchmarks: numbers side by side, each with the command that produced it.
 #[derive(Debug, Parser)]
@@ -30,13 +31,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    process::init_logging();
     let result = match cli.command {
         Command::Instantiate(args) => run_instantiate_bench(&args).map(|_| 0),
         Command::Executor(args) => run_executor_bench(&args).map(|_| 0),

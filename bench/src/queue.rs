@@ -479,7 +479,10 @@ impl WorkerProcesses {
 
     /// User + system CPU time of all the processes so far.
     fn cpu_time(&self) -> Duration {
-        self.workers.iter().filter_map(WorkerProcess::cpu_time).sum()
+        self.workers
+            .iter()
+            .filter_map(WorkerProcess::cpu_time)
+            .sum()
     }
 
     /// SIGTERM, then wait: the workers drain (nothing is in flight by now) and exit.

@@ -17,8 +17,8 @@ use anyhow::{bail, Context};
 use warren_worker::daemon::Topology;
 
 use crate::broker::amqp_url;
-pub use crate::probe::http_get;
 use crate::probe::free_local_addr;
+pub use crate::probe::http_get;
 use crate::{binary, modules_dir, shared_aot_cache};
 
 /// How to start one worker process.

@@ -144,7 +144,10 @@ fn to_usize(value: u64, flag: &str) -> Result<usize, EngineError> {
 ///
 /// The thread holds only weak references: it ends by itself once every clone of the engines is
 /// dropped, so nobody has to remember to stop it.
-pub(crate) fn start_epoch_ticker(engines: &[Engine], config: &SandboxConfig) -> std::io::Result<()> {
+pub(crate) fn start_epoch_ticker(
+    engines: &[Engine],
+    config: &SandboxConfig,
+) -> std::io::Result<()> {
     let weak: Vec<_> = engines.iter().map(Engine::weak).collect();
     let tick = config.epoch_tick;
     thread::Builder::new()

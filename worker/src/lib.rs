@@ -12,6 +12,7 @@
 //! - [`daemon`]: `warren-worker run`, the queue worker (consume, run, publish confirmed, ack).
 //! - [`metrics`], [`http`]: Prometheus metrics and the health endpoints.
 //! - [`exec`]: `warren-worker exec`, the local, broker-less way to run one task.
+//! - [`process`]: the daemon's tokio runtime and stop signal, for every binary that runs it.
 //!
 //! The benchmarks live in their own crate (`bench/`, `warren-bench`) and use only this public API.
 #![deny(missing_docs)]
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod exec;
 pub mod http;
 pub mod metrics;
+pub mod process;
 pub mod registry;
 pub mod runner;
 pub mod sandbox;
