@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use warren_schemas::args::{parse_bytes, parse_duration};
 use warren_schemas::{decode, encode, ModuleRef, Task};
-use warren_worker::config::{parse_bytes, parse_duration};
 use warren_worker::sandbox::Sandbox;
 use warren_worker::{ModuleRegistry, ModuleSource, SandboxConfig, TaskRunner};
 use wasmtime::{Engine, InstancePre, Linker, Module, Store};

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use warren_worker::config::parse_duration;
+use warren_schemas::args::parse_duration;
 use warren_worker::sandbox::{GuestCall, Sandbox};
 use warren_worker::{ModuleRegistry, ModuleSource, SandboxConfig};
 
@@ -141,7 +141,7 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
                         ..GuestCall::default()
                     };
                     measure(&|shard| {
-                        let execution = sandbox.run(shard, &module.pre, call.clone());
+                        let execution = sandbox.run(shard, &module.warm, call.clone());
                         if !execution.outcome.is_success() {
                             bail!("benchmark task did not succeed: {}", execution.outcome);
                         }

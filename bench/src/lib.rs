@@ -16,7 +16,7 @@
 //! - [`broker`]: a benchmark's own queues on the broker, deleted afterwards.
 //! - [`workers`]: worker processes on a benchmark's queues (the tests' helper).
 //! - [`null`]: the null executor behind `warren-null-worker`.
-//! - [`stats`]: percentiles.
+//! - [`stats`]: nearest-rank percentiles of the samples.
 #![deny(missing_docs)]
 
 pub mod baseline;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use warren::{Publisher, Received, ResultStream, Topology};
+use warren_schemas::args::BrokerArgs;
 use warren_schemas::task::unix_now_ns;
 use warren_schemas::{BatchRef, ModuleRef, Task};
 use warren_tests::worker_process::WorkerProcess;
@@ -77,13 +78,9 @@ impl Case {
 /// Arguments of `warren-bench queue`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct QueueBenchArgs {
-    /// Broker URL (its password is never printed).
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
+    /// Where the broker is.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 
     /// Tasks per case in the throughput phase.
     #[arg(long, default_value_t = 50_000)]
@@ -262,7 +259,7 @@ fn median_round(mut rounds: Vec<QueueBenchRow>) -> Option<QueueBenchRow> {
 }
 
 async fn run_case(args: &QueueBenchArgs, case: Case) -> anyhow::Result<QueueBenchRow> {
-    let queues = BenchQueues::declare(&args.amqp_url, "bench").await?;
+    let queues = BenchQueues::declare(&args.broker.amqp_url, "bench").await?;
     let measured = measure(args, case, &queues).await;
     queues.delete().await;
     measured
@@ -454,7 +451,7 @@ struct WorkerProcesses {
 impl WorkerProcesses {
     fn start(args: &QueueBenchArgs, case: Case, topology: &Topology) -> anyhow::Result<Self> {
         let launch = WorkerLaunch {
-            amqp_url: &args.amqp_url,
+            amqp_url: &args.broker.amqp_url,
             topology,
             source: &args.source,
             worker_args: &args.worker_args,

@@ -1,8 +1,8 @@
 //! `warren-bench soak`: many trivial tasks through **one** worker process, watching it for
 //! leaks. A fresh sandbox per task means a million tasks create a million stores, instances,
-//! WASI states and output buffers; anything one of them forgets to give back shows up here, as resident
-//! memory that keeps growing after warm-up, file descriptors that are never closed, or an
-//! in-flight gauge that does not return to zero.
+//! WASI states and output buffers; anything one of them forgets to give back shows up here, as
+//! resident memory that keeps growing after warm-up, file descriptors that are never closed, or
+//! an in-flight gauge that does not return to zero.
 //!
 //! The task queue is fed while the worker drains it, with at most `--backlog` tasks unanswered,
 //! so the broker holds a bounded queue however long the run. Every `--interval` the worker's
@@ -12,7 +12,8 @@
 //! The verdict compares the final sample
 //! with the one taken once `--warmup` of the tasks are done (allocator arenas, pool slots, the AOT
 //! image and per-thread descriptors are all set up by then): RSS may grow at most
-//! `--max-rss-growth`, descriptors not at all, and nothing may be left in flight. `scripts/soak` runs it on a release build and plots the CSV.
+//! `--max-rss-growth`, descriptors not at all, and nothing may be left in flight. `scripts/soak`
+//! runs it on a release build and plots the CSV.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -22,9 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::sync::watch;
 use warren::{Publisher, Received, ResultStream};
+use warren_schemas::args::{parse_duration, BrokerArgs};
 use warren_schemas::{BatchRef, ModuleRef, Task};
 use warren_tests::probe::http_get;
-use warren_worker::config::parse_duration;
 use warren_worker::ModuleSource;
 
 use crate::broker::BenchQueues;
@@ -33,13 +34,9 @@ use crate::workers::{self, WorkerBinary, WorkerLaunch};
 /// Arguments of `warren-bench soak`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SoakArgs {
-    /// Broker URL (its password is never printed).
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
+    /// Where the broker is.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 
     /// Trivial `echo` tasks to push through the worker.
     #[arg(long, default_value_t = 1_000_000)]
@@ -105,7 +102,7 @@ pub fn run_soak(args: &SoakArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let queues = BenchQueues::declare(&args.amqp_url, "soak").await?;
+        let queues = BenchQueues::declare(&args.broker.amqp_url, "soak").await?;
         let soaked = soak(args, &queues).await;
         queues.delete().await;
         soaked
@@ -114,7 +111,7 @@ pub fn run_soak(args: &SoakArgs) -> anyhow::Result<i32> {
 
 async fn soak(args: &SoakArgs, queues: &BenchQueues) -> anyhow::Result<i32> {
     let launch = WorkerLaunch {
-        amqp_url: &args.amqp_url,
+        amqp_url: &args.broker.amqp_url,
         topology: queues.topology(),
         source: &args.source,
         worker_args: &args.worker_args,

@@ -12,6 +12,8 @@
 //! - `topology` (feature `amqp`): the broker queues both sides declare, identically.
 #![deny(missing_docs)]
 
+#[cfg(feature = "cli")]
+pub mod args;
 pub mod codec;
 pub mod result;
 pub mod task;

@@ -10,12 +10,12 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use warren_schemas::Topology;
 use warren_schemas::{decode, encode, Task, TaskId, TaskResult, DEFAULT_MAX_MESSAGE_BYTES};
-use warren_worker::daemon::Topology;
 
 /// The broker URL tests use.
 pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("AMQP_URL").unwrap_or_else(|_| warren_schemas::args::DEFAULT_AMQP_URL.into())
 }
 
 /// A connection plus a unique set of queue names.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tempfile::TempDir;
-use warren_worker::daemon::Topology;
+use warren_schemas::Topology;
 
 use crate::binary;
 use crate::broker::amqp_url;

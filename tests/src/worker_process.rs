@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use warren_worker::daemon::Topology;
+use warren_schemas::Topology;
 
 use crate::broker::amqp_url;
 use crate::probe::free_local_addr;

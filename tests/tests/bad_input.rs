@@ -17,11 +17,11 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::AMQPValue;
 use lapin::{Connection, ConnectionProperties};
+use warren_schemas::Topology;
 use warren_schemas::{encode, ModuleRef, Outcome, Task, TaskResult, WIRE_VERSION};
 use warren_tests::broker::{amqp_url, TestBroker};
 use warren_tests::worker_process::{http_get, WorkerProcess};
 use warren_tests::{binary, module_path, shared_aot_cache, test_guest};
-use warren_worker::daemon::Topology;
 
 fn task(module: &str, input: &[u8], args: &[&str]) -> Task {
     let mut task = Task::new(module.parse::<ModuleRef>().unwrap(), input.to_vec());

@@ -188,7 +188,7 @@ fn hot_reload_adds_replaces_and_removes_modules() {
     assert_eq!(run("job", b"abc").stdout, b"ABC");
     let on_old = registry.sandbox().run(
         0,
-        &old.pre,
+        &old.warm,
         warren_worker::sandbox::GuestCall {
             program: "job".into(),
             input: b"abc".to_vec(),

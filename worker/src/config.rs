@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use bytesize::ByteSize;
+use warren_schemas::args::{parse_bytes, parse_duration, parse_positive};
 
 /// Default per-task cap on linear memory: 256 MiB.
 pub const DEFAULT_MAX_MEMORY: u64 = 256 << 20;
@@ -148,42 +148,5 @@ impl SandboxConfig {
     pub fn guest_thread_stack(&self) -> usize {
         usize::try_from(self.max_wasm_stack.saturating_add(HOST_STACK_HEADROOM))
             .unwrap_or(usize::MAX)
-    }
-}
-
-/// Parses a byte size such as `65536`, `64KiB`, `256MiB` or `1GiB`.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    s.trim()
-        .parse::<ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("{s:?} is not a byte size (try 65536, 64KiB, 256MiB): {e}"))
-}
-
-/// Parses a duration such as `30s`, `250ms` or `1m 30s`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration (try 30s, 250ms): {e}"))
-}
-
-fn parse_positive(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("{s:?} is not a positive whole number")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_and_durations_parse_with_units() {
-        assert_eq!(parse_bytes("64KiB"), Ok(64 << 10));
-        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
-        assert_eq!(parse_bytes("4096"), Ok(4096));
-        assert!(parse_bytes("lots").is_err());
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_positive("0").is_err());
     }
 }

@@ -8,7 +8,8 @@
 //!   from the AOT file, so a 24 MiB lookup table costs nothing to "copy" per task. A pooled slot
 //!   reused by the same module keeps the mapping and only resets the pages the guest dirtied.
 //! - **Epoch interruption**: a CPU deadline checked at function entries and loop back-edges,
-//!   about twice as cheap as fuel metering. A ticker thread bumps the epoch every `epoch_tick`.
+//!   cheaper than fuel metering (wasmtime's documentation). A ticker thread bumps the epoch
+//!   every `epoch_tick`.
 //! - **No cranelift-level fuel, no async**: guests run synchronously on dedicated OS threads
 //!   (a guest runs, or sleeps in `poll_oneoff`, for as long as its deadline allows; that must
 //!   never stall a tokio worker).

@@ -7,14 +7,13 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
+use warren_schemas::args::parse_env;
 use warren_schemas::{ModuleRef, Outcome, Task, TaskResult};
 
 use crate::registry::ModuleRegistry;
 use crate::runner::{default_worker_id, TaskRunner};
-use crate::sandbox::Sandbox;
 use crate::{ModuleSource, SandboxConfig};
 
 /// Arguments of `warren-worker exec`.
@@ -29,7 +28,7 @@ pub struct ExecArgs {
     pub input: Option<PathBuf>,
 
     /// Environment variable for the guest, `KEY=VALUE` (repeatable). Nothing else is inherited.
-    #[arg(long = "env", short = 'e', value_parser = parse_env_pair)]
+    #[arg(long = "env", short = 'e', value_parser = parse_env)]
     pub env: Vec<(String, String)>,
 
     /// Where modules come from.
@@ -45,21 +44,12 @@ pub struct ExecArgs {
     pub args: Vec<String>,
 }
 
-/// Parses `KEY=VALUE`.
-pub fn parse_env_pair(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
-        _ => Err(format!("{s:?} is not KEY=VALUE")),
-    }
-}
-
 /// Runs `warren-worker exec` and returns the process exit code.
 pub fn run_exec(args: ExecArgs) -> anyhow::Result<i32> {
     let input = read_input(args.input.as_deref())?;
-    let sandbox = Arc::new(Sandbox::new(args.sandbox)?);
-    let registry = Arc::new(ModuleRegistry::new(sandbox, &args.source.cache_dir()?)?);
+    let registry = args.source.open_registry(args.sandbox)?;
+    let module = resolve_target(&registry, &args.module, &args.source)?;
     let modules_dir = args.source.modules_dir;
-    let module = resolve_target(&registry, &args.module, &modules_dir)?;
 
     let mut task = Task::new(module, input);
     task.args = args.args;
@@ -98,7 +88,7 @@ pub fn run_exec(args: ExecArgs) -> anyhow::Result<i32> {
 fn resolve_target(
     registry: &ModuleRegistry,
     target: &str,
-    modules_dir: &Path,
+    source: &ModuleSource,
 ) -> anyhow::Result<ModuleRef> {
     let as_path = Path::new(target);
     if target.ends_with(".wasm") || as_path.is_file() {
@@ -106,13 +96,7 @@ fn resolve_target(
         return Ok(ModuleRef::latest(module.name.clone()));
     }
     let wanted: ModuleRef = target.parse()?;
-    // Files that fail to load are logged by the registry; the others stay usable.
-    registry.load_dir(modules_dir).with_context(|| {
-        format!(
-            "cannot read the modules directory {}",
-            modules_dir.display()
-        )
-    })?;
+    source.load_all(registry)?;
     Ok(wanted)
 }
 

@@ -59,6 +59,32 @@ pub struct ModuleSource {
 }
 
 impl ModuleSource {
+    /// A registry for these modules over a new pooled sandbox of `config`, with its trusted
+    /// AOT cache; nothing is loaded yet.
+    pub fn open_registry(
+        &self,
+        config: SandboxConfig,
+    ) -> anyhow::Result<std::sync::Arc<ModuleRegistry>> {
+        let sandbox = std::sync::Arc::new(Sandbox::new(config)?);
+        Ok(std::sync::Arc::new(ModuleRegistry::new(
+            sandbox,
+            &self.cache_dir()?,
+        )?))
+    }
+
+    /// Loads every module of the directory into `registry`; files that fail to load are logged
+    /// by the registry and the others stay usable.
+    pub fn load_all(&self, registry: &ModuleRegistry) -> anyhow::Result<()> {
+        use anyhow::Context;
+        registry.load_dir(&self.modules_dir).with_context(|| {
+            format!(
+                "cannot read the modules directory {}",
+                self.modules_dir.display()
+            )
+        })?;
+        Ok(())
+    }
+
     /// The cache directory to use: `--cache`, else the per-user default
     /// ([`aot_cache::default_dir`]).
     pub fn cache_dir(&self) -> Result<std::path::PathBuf, aot_cache::CacheError> {

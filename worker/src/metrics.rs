@@ -41,9 +41,9 @@ pub const AMQP_RECONNECTS_TOTAL: &str = "warren_amqp_reconnects_total";
 pub const TASKS_IN_FLIGHT: &str = "warren_tasks_in_flight";
 /// Gauge of module names loaded.
 pub const MODULES_LOADED: &str = "warren_modules_loaded";
-/// Gauge of pool instance slots in use.
+/// Gauge of instances running a task.
 pub const POOL_INSTANCES_IN_USE: &str = "warren_pool_instances_in_use";
-/// Gauge of pool instance slots in total.
+/// Gauge of instances that can run at once (one per shard).
 pub const POOL_INSTANCES_CAPACITY: &str = "warren_pool_instances_capacity";
 /// Gauge of pooled memories in use.
 pub const POOL_MEMORIES_IN_USE: &str = "warren_pool_memories_in_use";
@@ -72,11 +72,9 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 /// [`install`] with upkeep every `interval` (the first call in a process decides).
 ///
 /// The exporter keeps every histogram sample until something folds them into the buckets: a
-/// scrape does, and so does the upkeep this starts. Without it, a worker that nobody scrapes
-/// keeps every sample for good — 8 bytes per histogram, four histograms per task, ~64 bytes per
-/// task measured with the vectors' growth (~1.6 MB/s at 25 k tasks/s) — and between two
-/// scrapes the samples pile up in the lanes' allocator arenas, whose regrowth page-faulted
-/// inside instantiation (BENCHMARKS.md, "Histogram samples").
+/// scrape does, and so does the upkeep this starts. Without it a worker nobody scrapes keeps
+/// every sample for good, and samples piling up between scrapes grow the lanes' allocator
+/// arenas, which then page-fault inside instantiation (BENCHMARKS.md, "Decisions").
 pub fn install_with_upkeep(interval: Duration) -> anyhow::Result<PrometheusHandle> {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     if let Some(handle) = HANDLE.get() {
@@ -134,11 +132,11 @@ fn describe() {
     describe_gauge!(MODULES_LOADED, "Module names loaded in the registry.");
     describe_gauge!(
         POOL_INSTANCES_IN_USE,
-        "Pooling allocator core instance slots in use."
+        "Instances running a task now (pooled core instances in use, over every shard)."
     );
     describe_gauge!(
         POOL_INSTANCES_CAPACITY,
-        "Pooling allocator core instance slots in total."
+        "Instances that can run at once: one per shard (--max-concurrent-tasks)."
     );
     describe_gauge!(
         POOL_MEMORIES_IN_USE,

@@ -1,7 +1,7 @@
 //! What a daemon process needs around [`daemon::run`](crate::daemon::run): its logs, its tokio
-//! runtime and its stop signal. Shared by every binary that runs the daemon (`warren-worker run`, and the
-//! test and benchmark workers built on [`daemon::run_with`](crate::daemon::run_with)), so they
-//! all run it the same way.
+//! runtime and its stop signal. Shared by every binary that runs the daemon (`warren-worker
+//! run`, and the test and benchmark workers built on
+//! [`daemon::run_with`](crate::daemon::run_with)), so they all run it the same way.
 
 /// Logs to stderr, filtered by `WARREN_LOG` (tracing's `EnvFilter` syntax; default `warn`).
 pub fn init_logging() {
@@ -17,7 +17,7 @@ pub fn init_logging() {
 /// The runtime the daemon runs on: one thread. The async side only waits on the broker
 /// (confirms, acks, reconnects) and serves `/metrics`; tasks run on the lanes. A second runtime
 /// thread only adds wake-ups (a task woken from lapin's I/O thread also wakes an idle runtime
-/// thread to look for work), CPU the lanes would rather have.
+/// thread to look for work), CPU the lanes would rather have (BENCHMARKS.md, "Decisions").
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

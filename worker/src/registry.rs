@@ -45,7 +45,7 @@ pub struct LoadedModule {
     /// Lowercase hex sha256 of the `.wasm` bytes.
     pub digest: String,
     /// Imports resolved against each shard's linker.
-    pub pre: WarmModule,
+    pub warm: WarmModule,
     /// Where it was loaded from.
     pub path: PathBuf,
 }
@@ -336,7 +336,7 @@ impl ModuleRegistry {
         let (modules, cached) = self
             .cached_module(&bytes, &digest)
             .map_err(|e| invalid(format!("{e:#}")))?;
-        let pre = self
+        let warm = self
             .sandbox
             .prepare(&modules)
             .map_err(|e| invalid(format!("{e:#}")))?;
@@ -344,7 +344,7 @@ impl ModuleRegistry {
             Arc::new(LoadedModule {
                 name,
                 digest,
-                pre,
+                warm,
                 path: path.to_owned(),
             }),
             cached,

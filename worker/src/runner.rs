@@ -21,7 +21,7 @@ pub struct TaskRunner {
     registry: Arc<ModuleRegistry>,
     /// Copied into every result.
     worker_id: String,
-    slots: Slots,
+    shards: FreeShards,
 }
 
 /// The sandbox's shards free for callers of [`TaskRunner::run_here`] (a shard runs one task at
@@ -29,12 +29,12 @@ pub struct TaskRunner {
 /// daemon's lanes never wait (there are as many lanes as shards); the gate is for every other
 /// caller. A thread gets the shard it used last when that one is free, so each lane keeps its
 /// own engine, warm slots and pages.
-struct Slots {
-    state: Mutex<SlotState>,
+struct FreeShards {
+    state: Mutex<ShardState>,
     freed: Condvar,
 }
 
-struct SlotState {
+struct ShardState {
     /// Per shard: is a caller running on it.
     busy: Vec<bool>,
     /// Callers waiting for a shard: a freed shard signals the condvar only when there is one, so
@@ -47,10 +47,10 @@ thread_local! {
     static LAST_SHARD: Cell<usize> = const { Cell::new(0) };
 }
 
-impl Slots {
+impl FreeShards {
     fn new(count: usize) -> Self {
-        Slots {
-            state: Mutex::new(SlotState {
+        FreeShards {
+            state: Mutex::new(ShardState {
                 busy: vec![false; count.max(1)],
                 waiting: 0,
             }),
@@ -58,11 +58,11 @@ impl Slots {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, SlotState> {
+    fn lock(&self) -> MutexGuard<'_, ShardState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn take(&self) -> SlotGuard<'_> {
+    fn take(&self) -> ShardGuard<'_> {
         let mut state = self.lock();
         loop {
             let last = LAST_SHARD.with(Cell::get);
@@ -73,7 +73,10 @@ impl Slots {
             if let Some(shard) = free {
                 state.busy[shard] = true;
                 LAST_SHARD.with(|cell| cell.set(shard));
-                return SlotGuard { slots: self, shard };
+                return ShardGuard {
+                    shards: self,
+                    shard,
+                };
             }
             state.waiting += 1;
             state = self
@@ -85,17 +88,17 @@ impl Slots {
     }
 }
 
-struct SlotGuard<'a> {
-    slots: &'a Slots,
+struct ShardGuard<'a> {
+    shards: &'a FreeShards,
     shard: usize,
 }
 
-impl Drop for SlotGuard<'_> {
+impl Drop for ShardGuard<'_> {
     fn drop(&mut self) {
-        let mut state = self.slots.lock();
+        let mut state = self.shards.lock();
         state.busy[self.shard] = false;
         if state.waiting > 0 {
-            self.slots.freed.notify_one();
+            self.shards.freed.notify_one();
         }
     }
 }
@@ -119,12 +122,17 @@ enum Prepared {
 impl TaskRunner {
     /// A runner for `registry`'s modules, naming itself `worker_id` in results.
     pub fn new(registry: Arc<ModuleRegistry>, worker_id: impl Into<String>) -> Self {
-        let slots = Slots::new(registry.sandbox().shard_count());
+        let shards = FreeShards::new(registry.sandbox().shard_count());
         TaskRunner {
             registry,
             worker_id: worker_id.into(),
-            slots,
+            shards,
         }
+    }
+
+    /// The name this runner reports in results (`--worker-id`).
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
     }
 
     /// The registry tasks are resolved against.
@@ -132,7 +140,7 @@ impl TaskRunner {
         &self.registry
     }
 
-    /// How many tasks can run at once: the pool's instance slots.
+    /// How many tasks can run at once: one per shard.
     pub fn concurrency(&self) -> usize {
         self.registry.sandbox().config().concurrency()
     }
@@ -141,16 +149,16 @@ impl TaskRunner {
     /// result.
     ///
     /// The thread should not be a tokio worker: the guest runs (or sleeps) on it for up to its
-    /// deadline. At most [`concurrency`](Self::concurrency) tasks run at once, one pool slot
-    /// each; more callers wait for a slot (the daemon has exactly as many lanes as slots).
+    /// deadline. At most [`concurrency`](Self::concurrency) tasks run at once, one shard
+    /// each; more callers wait for a shard (the daemon has exactly as many lanes as shards).
     pub fn run_here(&self, task: Task, attempt: u32) -> TaskResult {
         let (header, prepared) = self.prepare(task, attempt);
         match prepared {
             Prepared::Done(execution) => finish(&self.worker_id, header, None, execution),
             Prepared::Run(module, call) => {
-                let slot = self.slots.take();
-                let execution = run_guarded(self.registry.sandbox(), slot.shard, &module, call);
-                drop(slot);
+                let shard = self.shards.take();
+                let execution = run_guarded(self.registry.sandbox(), shard.shard, &module, call);
+                drop(shard);
                 finish(&self.worker_id, header, Some(&module), execution)
             }
         }
@@ -204,7 +212,7 @@ fn run_guarded(
 ) -> Execution {
     // The sandbox maps every guest behaviour to an outcome; a panic here would be a bug in
     // warren or wasmtime, and it still must not take the thread (and the slot) with it.
-    catch_unwind(AssertUnwindSafe(|| sandbox.run(shard, &module.pre, call))).unwrap_or_else(|panic| {
+    catch_unwind(AssertUnwindSafe(|| sandbox.run(shard, &module.warm, call))).unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -276,15 +284,15 @@ mod tests {
 
     #[test]
     fn callers_at_once_get_distinct_shards_and_a_thread_gets_its_own_back() {
-        let slots = Slots::new(2);
-        let mine = slots.take();
+        let shards = FreeShards::new(2);
+        let mine = shards.take();
         let first = mine.shard;
         let (other, other_again) = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    let other = slots.take().shard;
+                    let other = shards.take().shard;
                     // Freed and taken again by the same thread: the same shard.
-                    (other, slots.take().shard)
+                    (other, shards.take().shard)
                 })
                 .join()
                 .unwrap()
@@ -292,17 +300,17 @@ mod tests {
         assert_ne!(first, other, "two callers at once shared a shard");
         assert_eq!(other, other_again);
         drop(mine);
-        assert_eq!(slots.take().shard, first);
+        assert_eq!(shards.take().shard, first);
     }
 
     #[test]
     fn a_caller_beyond_the_shards_waits_for_one() {
-        let slots = Slots::new(1);
-        let held = slots.take();
+        let shards = FreeShards::new(1);
+        let held = shards.take();
         std::thread::scope(|scope| {
-            let waiter = scope.spawn(|| slots.take().shard);
+            let waiter = scope.spawn(|| shards.take().shard);
             // The waiter can only finish once the shard is given back.
-            while slots.lock().waiting == 0 {
+            while shards.lock().waiting == 0 {
                 std::thread::yield_now();
             }
             drop(held);

@@ -29,7 +29,9 @@ fn main() -> ExitCode {
     };
     let ran = process::runtime()
         .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(run_with(cli.run, executor, process::shutdown_signal())));
+        .and_then(|runtime| {
+            runtime.block_on(run_with(cli.run, executor, process::shutdown_signal()))
+        });
     match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

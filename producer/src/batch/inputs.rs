@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use serde::Deserialize;
+use warren_schemas::args::check_env_key;
 use warren_schemas::DEFAULT_MAX_MESSAGE_BYTES;
 
 /// Largest input one task may carry: the message limit minus room for the rest of the task.
@@ -319,17 +320,6 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
         Err("contains '/', '\\' or NUL")
     } else if name.len() > 200 {
         Err("is longer than 200 bytes")
-    } else {
-        Ok(())
-    }
-}
-
-/// Checks that `key` is usable as an environment variable name.
-pub fn check_env_key(key: &str) -> Result<(), &'static str> {
-    if key.is_empty() {
-        Err("the name is empty")
-    } else if key.contains(['=', '\0']) {
-        Err("the name contains '=' or NUL")
     } else {
         Ok(())
     }

@@ -4,11 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bytesize::ByteSize;
 use clap::Args;
+use warren_schemas::args::{parse_bytes, parse_env, parse_nonzero_duration};
 use warren_schemas::{ModuleRef, Topology};
-
-use crate::batch::inputs::check_env_key;
 
 /// Which queues to use (the worker's flags of the same names).
 #[derive(Debug, Clone, Args)]
@@ -36,7 +34,7 @@ pub struct TaskArgs {
     pub env: Vec<(String, String)>,
 
     /// CPU deadline per task (e.g. 250ms, 10s); can only lower the worker's --timeout.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_nonzero_duration)]
     pub timeout: Option<Duration>,
 
     /// Memory cap per task (e.g. 64MiB); can only lower the worker's --max-memory.
@@ -93,32 +91,6 @@ pub fn parse_module(s: &str) -> Result<ModuleRef, String> {
     s.parse::<ModuleRef>().map_err(|e| e.to_string())
 }
 
-/// Parses `KEY=VALUE` (the value may contain `=`).
-pub fn parse_env(s: &str) -> Result<(String, String), String> {
-    let Some((key, value)) = s.split_once('=') else {
-        return Err(format!("{s:?} is not KEY=VALUE (try --env LANG=C)"));
-    };
-    check_env_key(key).map_err(|reason| format!("{s:?}: {reason}"))?;
-    Ok((key.to_owned(), value.to_owned()))
-}
-
-/// Parses a duration such as `30s`, `250ms` or `24h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s.trim()) {
-        Ok(d) if d.is_zero() => Err(format!("{s:?} must be longer than zero")),
-        Ok(d) => Ok(d),
-        Err(e) => Err(format!("{s:?} is not a duration (try 30s, 250ms): {e}")),
-    }
-}
-
-/// Parses a byte size such as `65536`, `64KiB` or `256MiB`.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    s.trim()
-        .parse::<ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("{s:?} is not a byte size (try 65536, 64KiB, 256MiB): {e}"))
-}
-
 /// Parses a rate: `N`, `N/s`, `N/m` or `N/h` (tasks per second, minute or hour), > 0.
 pub fn parse_rate(s: &str) -> Result<f64, String> {
     let (number, per) = match s.trim().split_once('/') {
@@ -137,27 +109,9 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Parses a whole number ≥ 1.
-pub fn parse_positive(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("{s:?} is not a positive whole number")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn env_pairs_keep_equals_in_values_and_refuse_bad_keys() {
-        assert_eq!(
-            parse_env("A=b=c").unwrap(),
-            ("A".to_owned(), "b=c".to_owned())
-        );
-        assert!(parse_env("A").unwrap_err().contains("not KEY=VALUE"));
-        assert!(parse_env("=x").is_err());
-    }
 
     #[test]
     fn rates_take_units() {

@@ -9,13 +9,14 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::args::{parse_duration, parse_positive, parse_rate, QueueArgs, TaskArgs};
+use super::args::{parse_rate, QueueArgs, TaskArgs};
 use super::progress::Bars;
 use super::resume::Resume;
 use super::EXIT_INTERRUPTED;
 use crate::batch::{self, inputs, BatchOptions, BatchReport, BatchSpec, DEFAULT_RESULTS_TTL};
 use crate::producer::Producer;
 use crate::publisher::DEFAULT_MAX_OUTSTANDING;
+use warren_schemas::args::{parse_nonzero_duration, parse_positive};
 
 /// Arguments of `warren batch`.
 #[derive(Debug, Args)]
@@ -48,7 +49,7 @@ pub struct BatchArgs {
 
     /// How long the batch's results queue lives after its last use (no consumer, no
     /// declare); results not collected by then are lost.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = parse_nonzero_duration)]
     pub results_ttl: Duration,
 
     /// Queue names.

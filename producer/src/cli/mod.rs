@@ -15,13 +15,11 @@ mod submit;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+use warren_schemas::args::BrokerArgs;
 
 pub use batch::{BatchArgs, CollectArgs};
 pub use queues::{DeadArgs, DeadCommand, DeadListArgs, DeadRequeueArgs, StatusArgs};
 pub use submit::SubmitArgs;
-
-/// Default broker URL (a local RabbitMQ with the default user).
-pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Exit code after Ctrl-C (128 + SIGINT), as shells report it.
 pub const EXIT_INTERRUPTED: i32 = 130;
@@ -34,9 +32,9 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 #[derive(Debug, Parser)]
 #[command(name = "warren", version, about, long_about)]
 pub struct Cli {
-    /// Broker URL (the password is never printed).
-    #[arg(long, global = true, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
-    pub amqp_url: String,
+    /// Where the broker is.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 
     /// What to do.
     #[command(subcommand)]
@@ -60,7 +58,7 @@ pub enum Command {
 
 /// Runs the command; `shutdown` is cancelled on Ctrl-C. Returns the process exit code.
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<i32> {
-    let url = cli.amqp_url;
+    let url = cli.broker.amqp_url;
     match cli.command {
         Command::Submit(args) => submit::run(&url, args, shutdown).await,
         Command::Batch(args) => batch::run_batch(&url, args, shutdown).await,

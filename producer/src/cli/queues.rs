@@ -2,9 +2,10 @@
 
 use clap::{Args, Subcommand};
 
-use super::args::{parse_positive, QueueArgs};
+use super::args::QueueArgs;
 use crate::dead::{self, DeadBody};
 use crate::producer::Producer;
+use warren_schemas::args::parse_positive;
 
 /// Arguments of `warren status`.
 #[derive(Debug, Args)]

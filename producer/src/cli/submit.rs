@@ -8,10 +8,11 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use warren_schemas::{Task, TaskResult};
 
-use super::args::{parse_duration, parse_input, InputArg, QueueArgs, TaskArgs};
+use super::args::{parse_input, InputArg, QueueArgs, TaskArgs};
 use super::EXIT_INTERRUPTED;
 use crate::batch::summary::micros;
 use crate::Producer;
+use warren_schemas::args::parse_nonzero_duration;
 
 /// Arguments of `warren submit`.
 #[derive(Debug, Args)]
@@ -31,7 +32,7 @@ pub struct SubmitArgs {
     pub wait: bool,
 
     /// With --wait: give up after this long (exit 1). Default: wait until the result comes.
-    #[arg(long, value_parser = parse_duration, requires = "wait")]
+    #[arg(long, value_parser = parse_nonzero_duration, requires = "wait")]
     pub wait_timeout: Option<Duration>,
 
     /// Without --wait: queue the result should go to. Default: the shared results queue.

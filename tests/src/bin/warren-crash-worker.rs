@@ -32,7 +32,8 @@ struct CrashOnModule {
 impl Execute for CrashOnModule {
     fn execute(&self, task: Task, attempt: u32) -> TaskResult {
         if task.module.name == self.module {
-            tracing::error!(task_id = %task.id, module = %self.module, "--crash-on-module: aborting the process");
+            let task_id = task.id;
+            tracing::error!(%task_id, module = %self.module, "--crash-on-module: aborting");
             std::process::abort();
         }
         self.runner.execute(task, attempt)
@@ -46,7 +47,9 @@ fn main() -> ExitCode {
     let executor = move |runner| -> Box<dyn Execute> { Box::new(CrashOnModule { module, runner }) };
     let ran = process::runtime()
         .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(run_with(cli.run, executor, process::shutdown_signal())));
+        .and_then(|runtime| {
+            runtime.block_on(run_with(cli.run, executor, process::shutdown_signal()))
+        });
     match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

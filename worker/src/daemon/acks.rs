@@ -106,6 +106,27 @@ impl Ledger {
     }
 }
 
+#[cfg(test)]
+impl Frames {
+    /// The frames as (refusals, multiple ack up to, single acks), for tests elsewhere.
+    pub fn parts(&self) -> (&[(u64, Settle)], Option<u64>, &[u64]) {
+        (&self.refusals, self.ack_up_to, &self.single_acks)
+    }
+}
+
+/// Where the settling task sends its frames: the session's consuming channel, or a recorder
+/// in tests.
+pub trait AckChannel: Send + 'static {
+    /// Queues `frames`, in their order, without waiting for them to be written.
+    fn queue(&self, frames: Frames) -> lapin::Result<()>;
+}
+
+impl AckChannel for Channel {
+    fn queue(&self, frames: Frames) -> lapin::Result<()> {
+        queue(self, frames)
+    }
+}
+
 /// Queues `frames` on the channel, in their order, without waiting for them to be written.
 ///
 /// lapin queues a method's frame when its future is first polled and resolves the future once

@@ -20,16 +20,53 @@ use warren_schemas::task::unix_now_ns;
 use warren_schemas::{decode, encode, Task, TaskResult, CONTENT_TYPE};
 
 use super::acks::Settle;
+use super::lanes::Carry;
 use super::settler::{Publishing, Settler};
-use super::Worker;
+use super::Execute;
 use crate::metrics;
 
+/// What every task of the worker goes through, whichever session delivered it.
+pub struct TaskPath {
+    /// Runs a task to its result.
+    pub executor: Box<dyn Execute>,
+    /// Largest task message decoded; larger ones are dead-lettered.
+    pub max_message_bytes: usize,
+    /// Where results go when a task names no `reply_to`.
+    pub results_queue: String,
+}
+
+/// One session's end of the path: the task path, the channel results are published on and the
+/// settler that acks them.
+pub struct Carrier {
+    path: Arc<TaskPath>,
+    /// Shared, not cloned per task: a lapin `Channel` clone is a dozen reference counts.
+    publisher: Arc<Channel>,
+    settler: Settler,
+}
+
+impl Carrier {
+    /// The carrier of a session publishing on `publisher` and settling through `settler`.
+    pub fn new(path: Arc<TaskPath>, publisher: Channel, settler: Settler) -> Self {
+        Carrier {
+            path,
+            publisher: Arc::new(publisher),
+            settler,
+        }
+    }
+}
+
+impl Carry<Delivery> for Carrier {
+    fn carry(&self, delivery: Delivery) {
+        carry(&self.path, &self.publisher, &self.settler, delivery);
+    }
+}
+
 /// Carries one delivery from the consumer to its published result, on the calling lane.
-pub fn carry(worker: &Worker, publisher: &Arc<Channel>, settler: &Settler, delivery: Delivery) {
+fn carry(path: &TaskPath, publisher: &Arc<Channel>, settler: &Settler, delivery: Delivery) {
     let tag = delivery.delivery_tag;
     settler.received();
     // 1. decode
-    let task: Task = match decode(&delivery.data, worker.max_message_bytes) {
+    let task: Task = match decode(&delivery.data, path.max_message_bytes) {
         Ok(task) => task,
         Err(error) => {
             warn!(reason = error.label(), %error, bytes = delivery.data.len(), "undecodable delivery dead-lettered");
@@ -43,10 +80,10 @@ pub fn carry(worker: &Worker, publisher: &Arc<Channel>, settler: &Settler, deliv
         .properties
         .reply_to()
         .clone()
-        .unwrap_or_else(|| worker.topology.results.as_str().into());
+        .unwrap_or_else(|| path.results_queue.as_str().into());
     drop(delivery);
     // 2.–4. look up, instantiate, run: here, on this lane
-    let result = worker.execute(task, attempt);
+    let result = path.executor.execute(task, attempt);
     metrics::record_result(&result);
     debug!(task_id = %result.task_id, outcome = result.outcome.label(), "task finished");
     // 5. publish (with the settler's next batch), 6. ack once confirmed

@@ -1,12 +1,11 @@
 //! One broker session: connect, declare, consume — the lanes take the deliveries — until the
-//! connection or consumer ends or the worker is asked to stop; then, when stopping, drain.
+//! connection or the consumer ends or the worker stops; then the steps of a stop (stop
+//! consuming, drain, close) or of a loss (abandon), which [`super::run_with`] calls in order.
 //!
 //! lapin's automatic recovery does not re-apply `basic_qos` and a consumer cancelled by the
 //! broker simply ends, so warren owns the reconnect path: every session starts from a fresh
-//! connection and redoes everything (topology, QoS, consumer). [`super::run`] loops over
-//! sessions with capped backoff.
+//! connection and redoes everything (topology, QoS, consumer).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,100 +13,136 @@ use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use warren_schemas::Topology;
 
-use super::lanes::{FeedEnd, Lanes};
-use super::settler::Settler;
-use super::Worker;
+use super::delivery::{Carrier, TaskPath};
+use super::lanes::{Feed, FeedEnd, Lanes};
+use super::settler::{Settler, Settling};
 
-/// How a session ended.
-#[derive(Debug)]
-pub enum SessionEnd {
-    /// The worker was asked to stop and drained (or hit the drain deadline).
-    Stopped,
-    /// The broker cancelled the consumer or closed the stream; reconnect.
-    ConsumerEnded,
+/// What every session of a worker connects with.
+pub struct SessionSettings {
+    /// Broker URL.
+    pub amqp_url: String,
+    /// The worker's id: names the connection (operators tell workers apart in the management UI
+    /// and `rabbitmqctl`) and the consumer tag.
+    pub worker_id: String,
+    /// Queues declared at every connect; tasks are consumed from `topology.tasks`.
+    pub topology: Topology,
+    /// Deliveries outstanding per consumer.
+    pub prefetch: u16,
 }
 
-/// Runs one session. Errors mean the connection failed or was lost.
-pub async fn serve(
-    worker: &Arc<Worker>,
-    lanes: &Lanes,
-    stop: &CancellationToken,
-) -> lapin::Result<SessionEnd> {
-    // Named, so operators can tell workers apart in the management UI and `rabbitmqctl`.
-    let properties = ConnectionProperties::default()
-        .with_connection_name(format!("warren-worker {}", worker.runner_id).into());
-    let connection = Connection::connect(&worker.amqp_url, properties).await?;
-    let consume = connection.create_channel().await?;
-    let publish = connection.create_channel().await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    worker.topology.declare(&consume).await?;
-    // Per-consumer prefetch (quorum queues refuse global QoS).
-    consume
-        .basic_qos(worker.prefetch, BasicQosOptions { global: false })
-        .await?;
-    let tag = format!("warren-{}", worker.runner_id);
-    let consumer = consume
-        .basic_consume(
-            worker.topology.tasks.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    worker.consuming.store(true, Ordering::Relaxed);
-    info!(queue = %worker.topology.tasks, prefetch = worker.prefetch, "consuming");
+/// A session that is consuming: its connection, channels, the lanes' feed and its settling.
+pub struct Session {
+    connection: Connection,
+    consume: Channel,
+    publish: Channel,
+    consumer_tag: String,
+    feed: Arc<Feed<lapin::Consumer, Carrier>>,
+    settling: Settling,
+}
 
-    let (settler, mut settling) = Settler::start(consume.clone(), worker.prefetch);
-    let over = stop.child_token();
-    let feed = lanes.feed(consumer, publish.clone(), settler, over);
-    let end = match feed.ended().await {
-        FeedEnd::Over => Ok(SessionEnd::Stopped),
-        FeedEnd::ConsumerEnded => Ok(SessionEnd::ConsumerEnded),
-        FeedEnd::Failed(error) => Err(error),
-    };
-    worker.consuming.store(false, Ordering::Relaxed);
+/// What a drain left behind at its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Deliveries not settled: the broker redelivers them.
+    pub abandoned: usize,
+    /// Every lane left the session (no task of it still running).
+    pub lanes_left: bool,
+}
 
-    match end {
-        Ok(SessionEnd::Stopped) => {
-            // Ordered shutdown: stop consuming → finish in flight (run, publish, confirm, ack) →
-            // close.
-            if let Err(error) = consume
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await
-            {
-                warn!(%error, "could not cancel the consumer");
-            }
-            info!(deadline = ?worker.drain_timeout, "draining");
-            let deadline = Instant::now() + worker.drain_timeout;
-            let lanes_done = feed.left(deadline).await;
-            let abandoned = settling
-                .drained(deadline.saturating_duration_since(Instant::now()))
-                .await;
-            if abandoned > 0 || !lanes_done {
-                warn!(
-                    abandoned,
-                    "drain deadline reached; unfinished tasks will be redelivered"
-                );
-            }
-            // Let the last acks out.
-            settling.finish().await;
-            let _ = consume.close(200, "worker stopping".into()).await;
-            let _ = publish.close(200, "worker stopping".into()).await;
-            let _ = connection.close(200, "worker stopping".into()).await;
-            Ok(SessionEnd::Stopped)
+impl Session {
+    /// Connects, declares the topology, sets QoS, starts consuming and hands the consumer to
+    /// the lanes. The session is over when `over` is cancelled or the consumer ends.
+    pub async fn open(
+        settings: &SessionSettings,
+        lanes: &Lanes,
+        path: &Arc<TaskPath>,
+        over: CancellationToken,
+    ) -> lapin::Result<Session> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("warren-worker {}", settings.worker_id).into());
+        let connection = Connection::connect(&settings.amqp_url, properties).await?;
+        let consume = connection.create_channel().await?;
+        let publish = connection.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        settings.topology.declare(&consume).await?;
+        // Per-consumer prefetch (quorum queues refuse global QoS).
+        consume
+            .basic_qos(settings.prefetch, BasicQosOptions { global: false })
+            .await?;
+        let consumer_tag = format!("warren-{}", settings.worker_id);
+        let consumer = consume
+            .basic_consume(
+                settings.topology.tasks.as_str().into(),
+                consumer_tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        info!(queue = %settings.topology.tasks, prefetch = settings.prefetch, "consuming");
+        let (settler, settling) = Settler::start(consume.clone(), settings.prefetch);
+        let carrier = Carrier::new(path.clone(), publish.clone(), settler);
+        let feed = lanes.feed(consumer, carrier, over);
+        Ok(Session {
+            connection,
+            consume,
+            publish,
+            consumer_tag,
+            feed,
+            settling,
+        })
+    }
+
+    /// Waits until the session is over, and says why.
+    pub async fn ended(&self) -> FeedEnd {
+        self.feed.ended().await
+    }
+
+    /// Stops the broker's deliveries to this worker (the lanes already stopped taking them).
+    pub async fn stop_consuming(&self) {
+        let cancel = self.consume.basic_cancel(
+            self.consumer_tag.as_str().into(),
+            BasicCancelOptions::default(),
+        );
+        if let Err(error) = cancel.await {
+            warn!(%error, "could not cancel the consumer");
         }
-        other => {
-            // The connection is gone or going: in-flight tasks finish in the background, fail to
-            // publish or ack, and the broker redelivers their messages to whoever consumes next.
-            settling.abandon();
-            let _ = connection.close(200, "reconnecting".into()).await;
-            other
+    }
+
+    /// Lets the tasks in flight finish — run, publish, confirm, ack — until `deadline`, then
+    /// sends the acks that are due. What is unfinished then stays unacked: the broker
+    /// redelivers it.
+    pub async fn drain(&mut self, deadline: Instant) -> Drained {
+        let lanes_left = self.feed.left(deadline).await;
+        let abandoned = self
+            .settling
+            .drained(deadline.saturating_duration_since(Instant::now()))
+            .await;
+        Drained {
+            abandoned,
+            lanes_left,
         }
+    }
+
+    /// Sends the last acks and closes the channels and the connection.
+    pub async fn close(self) {
+        self.settling.finish().await;
+        let _ = self.consume.close(200, "worker stopping".into()).await;
+        let _ = self.publish.close(200, "worker stopping".into()).await;
+        let _ = self.connection.close(200, "worker stopping".into()).await;
+    }
+
+    /// Gives the session up (the connection is gone or going): nothing more is sent; tasks
+    /// still running finish in the background, fail to publish or ack, and the broker
+    /// redelivers their messages to whoever consumes next.
+    pub async fn abandon(self) {
+        self.settling.abandon();
+        let _ = self.connection.close(200, "reconnecting".into()).await;
     }
 }

@@ -2,23 +2,20 @@
 //! publisher confirm and settles the delivery (ack, requeue or dead-letter), coalescing acks by
 //! [`super::acks`]' rules.
 //!
-//! Why one task does this for everybody: a lane leaves its task's result here as a publish not
-//! yet started ([`super::delivery`]) and goes on to the next delivery, instead of waking an
-//! async task per delivery. It is also the only writer of acks, so their order is safe by
+//! One task does this for every lane: a lane leaves its task's result here as a publish not yet
+//! started ([`super::delivery`]) and goes on to the next delivery, instead of waking an async
+//! task per delivery. It is also the only writer of acks, so their order is safe by
 //! construction.
 //!
-//! Publishes are batched, and wake-ups coalesced, like a network card's interrupts. lapin's I/O
-//! thread writes whatever frames are queued when it wakes; when each lane queued its own
-//! result's frames, a trivial task's result went out in a TCP send of its own more often than
-//! not (two to three results per send, against seven for the null worker, whose lanes finish
-//! in bursts), and the broker, which shares the cores, paid for each packet. Here the lanes'
+//! Publishes are batched, and wake-ups coalesced, like a network card's interrupts: the lanes'
 //! results wait in the [`Inbox`] until `wake_every` of them are there (or the settling task is
-//! idle, or its tick comes), and the task starts them together: one wake of the I/O thread,
-//! one send, for the batch. Each publish then resolves twice (lapin hands out its confirm only
-//! after writing its frames, then the broker confirms); those events are counted and wake the
-//! task once per `wake_every` of them, and while it holds unresolved confirms a [`SETTLE_TICK`]
-//! timer picks up the rest — so at low rates a result or an ack waits at most about a tick.
-//! `wake_every` is a small fraction of the prefetch window.
+//! idle, or its tick comes), and the task starts them together — one wake of lapin's I/O
+//! thread, one TCP send for the batch (why: BENCHMARKS.md, "Decisions"). Each publish then
+//! resolves twice (lapin hands out its confirm only after writing its frames, then the broker
+//! confirms); those events are counted and wake the task once per `wake_every` of them, and
+//! while it holds unresolved confirms a [`SETTLE_TICK`] timer picks up the rest — so at low
+//! rates a result or an ack waits at most about a tick. `wake_every` is a small fraction of the
+//! prefetch window.
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -29,13 +26,12 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::task::AtomicWaker;
-use lapin::Channel;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::warn;
 use warren_schemas::TaskId;
 
-use super::acks::{queue, Ledger, Settle, HELD_ACKS_LIMIT_DIVISOR};
+use super::acks::{AckChannel, Ledger, Settle, HELD_ACKS_LIMIT_DIVISOR};
 use crate::metrics;
 
 /// The settling task is woken once per `prefetch / WAKE_EVERY_DIVISOR` results left or confirm
@@ -148,7 +144,7 @@ pub struct Settling {
 impl Settler {
     /// Starts settling the deliveries of `channel` (the consuming channel), whose consumer has
     /// `prefetch` deliveries outstanding at most.
-    pub fn start(channel: Channel, prefetch: u16) -> (Settler, Settling) {
+    pub fn start(channel: impl AckChannel, prefetch: u16) -> (Settler, Settling) {
         let (messages, receiver) = mpsc::unbounded_channel();
         let (progress_tx, progress) = watch::channel(());
         let unsettled = Arc::new(Unsettled::default());
@@ -227,7 +223,7 @@ impl Settling {
 }
 
 async fn settle_loop(
-    channel: Channel,
+    channel: impl AckChannel,
     (mut messages, inbox): (mpsc::UnboundedReceiver<Message>, Arc<Inbox>),
     (unsettled, progress): (Arc<Unsettled>, watch::Sender<()>),
     held_limit: usize,
@@ -300,7 +296,7 @@ async fn settle_loop(
             None => {}
         }
         let frames = ledger.take_frames(held_limit);
-        if let Err(error) = queue(&channel, frames) {
+        if let Err(error) = channel.queue(frames) {
             if !warned {
                 warn!(%error, "could not settle deliveries; the broker will redeliver them");
                 warned = true;
@@ -311,7 +307,7 @@ async fn settle_loop(
     // Deliveries still running were abandoned (drain deadline); the finished ones held above
     // them still get their acks.
     close();
-    if let Err(error) = queue(&channel, ledger.take_frames(1)) {
+    if let Err(error) = channel.queue(ledger.take_frames(1)) {
         if !warned {
             warn!(%error, "could not settle deliveries; the broker will redeliver them");
         }
@@ -330,5 +326,159 @@ fn settlement(task_id: TaskId, confirmed: lapin::Result<bool>) -> Settle {
             warn!(%task_id, %error, "could not publish the result; requeueing the task");
             Settle::Requeue
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::AtomicBool;
+
+    use tokio::sync::oneshot;
+
+    use super::super::acks::Frames;
+    use super::*;
+
+    /// Records the frames the settling task sends.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Frames>>>);
+
+    impl AckChannel for Recorder {
+        fn queue(&self, frames: Frames) -> lapin::Result<()> {
+            self.0.lock().unwrap().push(frames);
+            Ok(())
+        }
+    }
+
+    impl Recorder {
+        /// Every tag acked so far, by multiple or single acks. A multiple ack covers tags refused
+        /// before it (their frame went first, so the broker already settled them): those are not
+        /// counted, and a multiple ack covering a tag not refused before it fails the test.
+        fn acked(&self) -> BTreeSet<u64> {
+            let mut acked = BTreeSet::new();
+            let mut refused = BTreeSet::new();
+            for frames in self.0.lock().unwrap().iter() {
+                let (refusals, up_to, singles) = frames.parts();
+                refused.extend(refusals.iter().map(|&(tag, _)| tag));
+                for tag in 1..=up_to.unwrap_or(0) {
+                    if !refused.contains(&tag) {
+                        acked.insert(tag);
+                    }
+                }
+                acked.extend(singles);
+            }
+            acked
+        }
+
+        fn refused(&self) -> Vec<(u64, Settle)> {
+            let frames = self.0.lock().unwrap();
+            frames.iter().flat_map(|f| f.parts().0.to_vec()).collect()
+        }
+    }
+
+    /// A publish that notes when it is started and is confirmed (or not) when the test says.
+    fn publish(started: &Arc<AtomicBool>) -> (Publishing, oneshot::Sender<bool>) {
+        let (confirm, confirmed) = oneshot::channel();
+        let started = started.clone();
+        let publishing: Publishing = Box::pin(async move {
+            started.store(true, Ordering::SeqCst);
+            Ok(confirmed.await.unwrap_or(false))
+        });
+        (publishing, confirm)
+    }
+
+    /// Lets the settling task run whatever it was woken for (the test's task stays runnable,
+    /// so the paused clock does not move).
+    async fn let_run() {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn id() -> TaskId {
+        TaskId::new_v4()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn confirmed_results_are_acked_and_refused_ones_requeued() {
+        let recorder = Recorder::default();
+        let (settler, mut settling) = Settler::start(recorder.clone(), 8);
+        let started = Arc::new(AtomicBool::new(false));
+        for (tag, confirmed) in [(1, true), (2, false), (3, true)] {
+            settler.received();
+            let (publishing, confirm) = publish(&started);
+            settler.publishing(tag, id(), publishing);
+            confirm.send(confirmed).unwrap();
+        }
+        settler.received();
+        settler.settle(4, Settle::DeadLetter);
+        assert_eq!(settling.drained(Duration::from_secs(5)).await, 0);
+        settling.finish().await;
+        assert_eq!(recorder.acked(), BTreeSet::from([1, 3]));
+        let mut refused = recorder.refused();
+        refused.sort_by_key(|&(tag, _)| tag);
+        assert_eq!(refused, vec![(2, Settle::Requeue), (4, Settle::DeadLetter)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_reports_what_is_still_unsettled_at_its_deadline() {
+        let recorder = Recorder::default();
+        let (settler, mut settling) = Settler::start(recorder.clone(), 8);
+        let started = Arc::new(AtomicBool::new(false));
+        settler.received();
+        settler.received();
+        let (publishing, confirm) = publish(&started);
+        settler.publishing(1, id(), publishing);
+        confirm.send(true).unwrap();
+        // Delivery 2 never finishes.
+        assert_eq!(settling.drained(Duration::from_secs(1)).await, 1);
+        settling.finish().await;
+        assert_eq!(recorder.acked(), BTreeSet::from([1]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn results_wait_for_a_batch_or_the_tick_while_confirms_are_pending() {
+        // prefetch 64: the lanes wake the settling task once 8 results wait.
+        let (settler, settling) = Settler::start(Recorder::default(), 64);
+        let mut confirms = Vec::new();
+        let mut leave = |tag: u64| {
+            let started = Arc::new(AtomicBool::new(false));
+            let (publishing, confirm) = publish(&started);
+            settler.received();
+            settler.publishing(tag, id(), publishing);
+            confirms.push(confirm);
+            started
+        };
+        // An idle task is woken at once.
+        let first = leave(1);
+        let_run().await;
+        assert!(
+            first.load(Ordering::SeqCst),
+            "an idle settler starts a result at once"
+        );
+
+        // It now holds a pending confirm: a few results wait for the tick…
+        let few: Vec<_> = (2..5).map(&mut leave).collect();
+        let_run().await;
+        assert!(
+            few.iter().all(|s| !s.load(Ordering::SeqCst)),
+            "started before a batch or tick"
+        );
+        tokio::time::advance(SETTLE_TICK).await;
+        let_run().await;
+        assert!(
+            few.iter().all(|s| s.load(Ordering::SeqCst)),
+            "not started by the tick"
+        );
+
+        // …and a full batch wakes it without one.
+        let batch: Vec<_> = (5..13).map(&mut leave).collect();
+        let_run().await;
+        assert!(
+            batch.iter().all(|s| s.load(Ordering::SeqCst)),
+            "a full batch waited"
+        );
+        drop(confirms);
+        settling.abandon();
     }
 }

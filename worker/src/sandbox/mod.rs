@@ -7,14 +7,12 @@
 //! directories, no sockets, no host environment. Each task gets its own store, so nothing leaks
 //! from one task to the next.
 //!
-//! **Shards.** A sandbox is as many engines as tasks may run at once, each with its own pool
-//! (of `--warm-modules` slots, so a lane keeps that many modules' images mapped), and each caller
-//! runs on a shard no one else is using
-//! ([`TaskRunner`](crate::runner::TaskRunner) hands them out, preferring the one the calling
-//! thread used last). With one engine shared by all threads, every instantiation and slot reset
-//! took the pool's locks and picked up a slot (its instance state, its dirtied pages) last used on
-//! the other core: `bench instantiate` measured two threads at 1.15× one thread's tasks/s; one
-//! engine per thread reaches 1.85× (BENCHMARKS.md, "What moved the numbers").
+//! **Shards.** A sandbox is as many engines as tasks may run at once, each with its own pool of
+//! `--warm-modules` slots (a lane keeps that many modules' images mapped), and each caller runs
+//! on a shard no one else is using ([`TaskRunner`](crate::runner::TaskRunner) hands them out,
+//! preferring the thread's last one). So threads never take each other's pool locks, nor a slot
+//! whose instance state and dirtied pages were last used on another core (BENCHMARKS.md,
+//! "Decisions").
 
 mod exports;
 mod outcome;
@@ -36,10 +34,10 @@ use crate::engine::{build_engine, start_epoch_ticker, Allocation, EngineError};
 
 pub use exports::GuestExports;
 pub use output::{OutputCapture, OutputLimitExceeded, OverflowPolicy};
-pub use state::{SandboxState, TaskLimiter, WallClockExceeded};
+pub use state::{SandboxState, TaskLimiter};
 pub use swap_scrub::{ResetMethod, SwapScrub};
 use table_pool::TablePool;
-pub use wasi::GuestExit;
+pub use wasi::{GuestExit, WallClockExceeded};
 
 /// The engines (one per shard), their WASI linkers and the caps every task runs under.
 pub struct Sandbox {

@@ -5,8 +5,7 @@ use warren_schemas::Outcome;
 use wasmtime::Trap;
 
 use super::output::OutputLimitExceeded;
-use super::state::WallClockExceeded;
-use super::wasi::GuestExit;
+use super::wasi::{GuestExit, WallClockExceeded};
 use super::Limits;
 
 /// Classifies the end of a run. `memory_limit_hit` says whether the limiter refused a growth,

@@ -1,7 +1,7 @@
 //! What a store holds for one task: the guest's WASI state, the memory limiter and the task's
 //! deadline.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use wasmtime::{Memory, ResourceLimiter};
 
@@ -63,8 +63,3 @@ impl ResourceLimiter for TaskLimiter {
         Ok(desired <= self.max_table_elements)
     }
 }
-
-/// The wall-clock guard fired: a blocking host call (a sleep) outlived the task's deadline.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("task deadline of {0:?} reached while the guest was blocked in a host call")]
-pub struct WallClockExceeded(pub Duration);

@@ -3,14 +3,11 @@
 //! What a task's guest may touch is small and fixed (modules/README.md, "guest contract"):
 //! stdin from the task, stdout and stderr captured in memory, argv and an explicit environment,
 //! a monotonic and a wall clock, random bytes, sleeping — and no files, directories or sockets.
-//! Serving exactly that here, instead of through wasmtime-wasi, is a measured choice: with
-//! wasmtime-wasi each task built a full WASI context (two default contexts, in fact: its
-//! builder replaces itself with a fresh one, seeding two random generators each time), a
-//! resource table and preview-2 streams for stdio, and every synchronous call entered tokio
-//! (`block_on`) before copying a few bytes — together about a fifth of a trivial task's CPU
-//! (BENCHMARKS.md, "What moved the numbers"). Here a store's WASI state is the task's input
-//! and output buffers, its argv and environment, and three descriptor numbers; a call is a
-//! bounds check and a copy.
+//! warren serves exactly that itself instead of through wasmtime-wasi, which builds a full WASI
+//! context per task (random generators, a resource table, preview-2 streams for stdio) and
+//! enters tokio (`block_on`) on every synchronous call (BENCHMARKS.md, "Decisions"). Here a
+//! store's WASI state is the task's input and output buffers, its argv and environment, and
+//! three descriptor numbers; a call is a bounds check and a copy.
 //!
 //! Every `wasi_snapshot_preview1` function is defined, so any command links. The answers are
 //! those wasmtime-wasi gives a context with in-memory stdio and no preopens: the only
@@ -32,6 +29,7 @@ use wasmtime::{Caller, Extern, Linker};
 
 pub use cli::{CommandLine, StringList};
 pub use exit::GuestExit;
+pub use poll::WallClockExceeded;
 pub use stdio::Stdio;
 
 use super::state::SandboxState;

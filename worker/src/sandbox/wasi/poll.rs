@@ -20,7 +20,6 @@ use wasmtime::{Caller, Extern, Linker};
 use super::clocks::REALTIME as CLOCKID_REALTIME;
 use super::errno::{FAULT as ERRNO_FAULT, INVAL as ERRNO_INVAL, SUCCESS as ERRNO_SUCCESS};
 use super::{span, store, SandboxState, WASI};
-use crate::sandbox::state::WallClockExceeded;
 
 const SUBSCRIPTION_SIZE: usize = 48;
 const EVENT_SIZE: usize = 32;
@@ -157,3 +156,8 @@ fn parse(sub: &[u8], now: Instant, origin: Instant) -> Option<Wake> {
         _ => None,
     }
 }
+
+/// The wall-clock guard fired: a blocking host call (a sleep) outlived the task's deadline.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("task deadline of {0:?} reached while the guest was blocked in a host call")]
+pub struct WallClockExceeded(pub Duration);
