@@ -2,7 +2,17 @@
 //! and hand out sandboxes and registries configured for tests.
 //!
 //! Every test goes through these helpers so that "how to start warren for a test" is written
-//! once.
+//! once; the benchmarks (`warren-bench`) start their worker processes through them too.
+//!
+//! # Layout
+//! - this file: the repository, built modules and binaries, sandboxes and runners for tests.
+//! - [`worker_process`]: a worker process on given queues: start, wait until ready, signal, read.
+//! - [`probe`]: GET `/readyz` and `/metrics` of a worker started that way.
+//! - [`broker`]: a test's own queues on the real RabbitMQ, publishing and collecting.
+//! - [`producer_cli`]: the `warren` CLI run as a user runs it.
+//! - [`observability`]: Prometheus and the dashboard against a real worker.
+//! - [`swap`]: a swapfile for the isolation-under-swap tests.
+//! - `bin/warren-crash-worker`: the daemon with a fault injected (aborts on one module).
 
 pub mod broker;
 pub mod observability;
