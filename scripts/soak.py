@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Plots a `warren-worker bench soak` CSV: the worker's RSS, open fds and in-flight tasks over
+"""Plots a `warren-bench soak` CSV: the worker's RSS, open fds and in-flight tasks over
 time, with tasks done on a second axis, so growth after warm-up is visible at a glance.
 
     python3 scripts/soak.py soak.csv soak.png

@@ -128,6 +128,18 @@ impl ResultStream {
             })
     }
 
+    /// Acknowledges `received` and every result yielded before it, in one `multiple` ack: for a
+    /// reader that persists (or, like the benchmarks, only counts) results in batches.
+    pub async fn ack_up_to(&mut self, received: Received) -> Result<()> {
+        let multiple = BasicAckOptions { multiple: true };
+        received.acker.ack(multiple).await.map(|_| ()).map_err(|e| {
+            ProducerError::broker(
+                format!("acking results up to task {}", received.result.task_id),
+                e,
+            )
+        })
+    }
+
     /// Messages dropped because they were not results.
     pub fn undecodable(&self) -> u64 {
         self.undecodable

@@ -2,10 +2,21 @@
 //! and hand out sandboxes and registries configured for tests.
 //!
 //! Every test goes through these helpers so that "how to start warren for a test" is written
-//! once.
+//! once; the benchmarks (`warren-bench`) start their worker processes through them too.
+//!
+//! # Layout
+//! - this file: the repository, built modules and binaries, sandboxes and runners for tests.
+//! - [`worker_process`]: a worker process on given queues: start, wait until ready, signal, read.
+//! - [`probe`]: GET `/readyz` and `/metrics` of a worker started that way.
+//! - [`broker`]: a test's own queues on the real RabbitMQ, publishing and collecting.
+//! - [`producer_cli`]: the `warren` CLI run as a user runs it.
+//! - [`observability`]: Prometheus and the dashboard against a real worker.
+//! - [`swap`]: a swapfile for the isolation-under-swap tests.
+//! - `bin/warren-crash-worker`: the daemon with a fault injected (aborts on one module).
 
 pub mod broker;
 pub mod observability;
+pub mod probe;
 pub mod producer_cli;
 pub mod swap;
 pub mod worker_process;
@@ -14,7 +25,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
-use warren_worker::engine::Allocation;
 use warren_worker::{ModuleRegistry, Sandbox, SandboxConfig, TaskRunner};
 
 /// The repository root.
@@ -91,7 +101,7 @@ pub fn test_config(slots: usize) -> SandboxConfig {
 
 /// A registry over a fresh sandbox built from `config`, with its AOT cache in `cache`.
 pub fn registry(config: SandboxConfig, cache: &Path) -> Arc<ModuleRegistry> {
-    let sandbox = Arc::new(Sandbox::new(config, Allocation::Pooled).expect("sandbox"));
+    let sandbox = Arc::new(Sandbox::new(config).expect("sandbox"));
     Arc::new(ModuleRegistry::new(sandbox, cache).unwrap_or_else(|error| panic!("{error}")))
 }
 

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use warren_schemas::{ModuleRef, Task};
 use warren_tests::{binary, module_path, registry, test_config};
-use warren_worker::engine::Allocation;
 use warren_worker::{ModuleRegistry, Sandbox, TaskRunner};
 
 /// uid of `nobody`: the "another local user" of these tests.
@@ -158,7 +157,7 @@ fn chown_to_nobody(path: &Path, test: &str) -> bool {
 
 /// The library entry point's answer for `cache`.
 fn library_refusal(cache: &Path) -> String {
-    let sandbox = Arc::new(Sandbox::new(test_config(1), Allocation::Pooled).unwrap());
+    let sandbox = Arc::new(Sandbox::new(test_config(1)).unwrap());
     match ModuleRegistry::new(sandbox, cache) {
         Ok(_) => panic!("ModuleRegistry::new accepted {}", cache.display()),
         Err(error) => error.to_string(),

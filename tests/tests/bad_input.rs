@@ -292,7 +292,7 @@ struct WorkerOnDir {
 
 impl WorkerOnDir {
     fn start(topology: &Topology, modules: &Path) -> Self {
-        let metrics_addr = warren_worker::probe::free_local_addr().expect("a free port");
+        let metrics_addr = warren_tests::probe::free_local_addr().expect("a free port");
         let child = Command::new(binary("warren-worker"))
             .arg("run")
             .args(["--tasks-queue", &topology.tasks])

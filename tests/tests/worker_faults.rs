@@ -71,11 +71,12 @@ async fn a_task_that_kills_every_worker_is_dead_lettered() {
             Instant::now() < deadline,
             "poison task not dead-lettered after {crashes} crashes"
         );
-        let mut worker = WorkerProcess::spawn_on(
+        let mut worker = WorkerProcess::spawn_test(
+            "warren-crash-worker",
             &amqp_url(),
             &broker.topology,
             1,
-            &["--test-crash-on-module", "upper"],
+            &["--crash-on-module", "upper"],
         );
         let status = worker.wait_exit(Duration::from_secs(60));
         assert!(!status.success(), "the worker crashed: {status}");

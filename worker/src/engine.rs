@@ -45,20 +45,20 @@ pub enum EngineError {
     },
 }
 
-/// How instances are allocated; the benchmark compares these, the worker always uses `Pooled`.
+/// How instances are allocated: the worker always uses `Pooled`; unit tests that need no pool
+/// use `OnDemand`, so they reserve nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Allocation {
+pub(crate) enum Allocation {
     /// Pooling allocator with copy-on-write images: warren's configuration.
     Pooled,
     /// mmap per instance, with copy-on-write images.
-    OnDemandCow,
-    /// mmap per instance, data segments copied in on every instantiation.
-    OnDemandCopy,
+    #[cfg(test)]
+    OnDemand,
 }
 
 /// Builds an engine for `config` whose pool (for [`Allocation::Pooled`]) has `slots` instance
 /// slots.
-pub fn build_engine(
+pub(crate) fn build_engine(
     config: &SandboxConfig,
     allocation: Allocation,
     slots: usize,
@@ -71,7 +71,7 @@ pub fn build_engine(
     }
     let mut wasm = Config::new();
     wasm.epoch_interruption(true)
-        .memory_init_cow(allocation != Allocation::OnDemandCopy)
+        .memory_init_cow(true)
         .memory_reservation(config.memory_reservation)
         .memory_guard_size(config.memory_guard)
         // Growing in place inside the reservation: no moving memories, no extra reservation.
@@ -145,7 +145,10 @@ fn to_usize(value: u64, flag: &str) -> Result<usize, EngineError> {
 ///
 /// The thread holds only weak references: it ends by itself once every clone of the engines is
 /// dropped, so nobody has to remember to stop it.
-pub fn start_epoch_ticker(engines: &[Engine], config: &SandboxConfig) -> std::io::Result<()> {
+pub(crate) fn start_epoch_ticker(
+    engines: &[Engine],
+    config: &SandboxConfig,
+) -> std::io::Result<()> {
     let weak: Vec<_> = engines.iter().map(Engine::weak).collect();
     let tick = config.epoch_tick;
     thread::Builder::new()
@@ -203,7 +206,7 @@ mod tests {
             max_wasm_stack: 0,
             ..SandboxConfig::default()
         };
-        for allocation in [Allocation::Pooled, Allocation::OnDemandCow] {
+        for allocation in [Allocation::Pooled, Allocation::OnDemand] {
             match build_engine(&config, allocation, 1) {
                 Err(EngineError::InvalidConfig(message)) => {
                     assert!(message.contains("max_wasm_stack"), "{message}");

@@ -10,20 +10,21 @@
 //! - [`watch`]: rescans the modules directory when it changes.
 //! - [`runner`]: `Task` → `TaskResult` through the registry, on the calling thread.
 //! - [`daemon`]: `warren-worker run`, the queue worker (consume, run, publish confirmed, ack).
-//! - [`metrics`], [`http`]: Prometheus metrics and the health endpoints; [`probe`] reads them.
+//! - [`metrics`], [`http`]: Prometheus metrics and the health endpoints.
 //! - [`exec`]: `warren-worker exec`, the local, broker-less way to run one task.
-//! - [`bench`]: `warren-worker bench instantiate|executor|queue|soak`: numbers, side by side.
+//! - [`process`]: the daemon's tokio runtime and stop signal, for every binary that runs it.
+//!
+//! The benchmarks live in their own crate (`bench/`, `warren-bench`) and use only this public API.
 #![deny(missing_docs)]
 
 pub mod aot_cache;
-pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod exec;
 pub mod http;
 pub mod metrics;
-pub mod probe;
+pub mod process;
 pub mod registry;
 pub mod runner;
 pub mod sandbox;
@@ -64,7 +65,7 @@ impl ModuleSource {
         &self,
         config: SandboxConfig,
     ) -> anyhow::Result<std::sync::Arc<ModuleRegistry>> {
-        let sandbox = std::sync::Arc::new(Sandbox::new(config, engine::Allocation::Pooled)?);
+        let sandbox = std::sync::Arc::new(Sandbox::new(config)?);
         Ok(std::sync::Arc::new(ModuleRegistry::new(
             sandbox,
             &self.cache_dir()?,

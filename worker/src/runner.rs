@@ -130,6 +130,11 @@ impl TaskRunner {
         }
     }
 
+    /// The name this runner reports in results (`--worker-id`).
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
     /// The registry tasks are resolved against.
     pub fn registry(&self) -> &Arc<ModuleRegistry> {
         &self.registry

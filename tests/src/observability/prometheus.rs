@@ -84,7 +84,7 @@ pub fn job_names(config: &str) -> Vec<String> {
 
 /// A loopback address that was free a moment ago, for Prometheus to listen on.
 pub fn free_local_addr() -> SocketAddr {
-    warren_worker::probe::free_local_addr().expect("a free local port")
+    crate::probe::free_local_addr().expect("a free local port")
 }
 
 /// A running Prometheus with its own storage, killed on drop.

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info};
 
 use warren_schemas::{Outcome, TaskLimits};
-use wasmtime::{Engine, Instance, InstancePre, Linker, Module, Store};
+use wasmtime::{Engine, InstancePre, Linker, Module, Store};
 
 use crate::config::SandboxConfig;
 use crate::engine::{build_engine, start_epoch_ticker, Allocation, EngineError};
@@ -62,16 +62,7 @@ pub struct WarmModule {
 }
 
 impl WarmModule {
-    /// The `InstancePre` for `shard`.
-    pub fn pre(&self, shard: usize) -> &InstancePre<SandboxState> {
-        &self.on(shard).0
-    }
-
-    /// `_start` and `memory` of `shard`'s compiled copy.
-    pub fn exports(&self, shard: usize) -> &GuestExports {
-        &self.on(shard).1
-    }
-
+    /// The `InstancePre` for `shard`, and where its `_start` and `memory` are.
     fn on(&self, shard: usize) -> &(InstancePre<SandboxState>, GuestExports) {
         &self.per_shard[shard % self.per_shard.len()]
     }
@@ -141,9 +132,17 @@ impl Execution {
 }
 
 impl Sandbox {
-    /// Builds one engine per shard (with `allocation`; one shard per task that may run at
-    /// once), starts their epoch ticker and links WASI into each.
-    pub fn new(config: SandboxConfig, allocation: Allocation) -> Result<Self, EngineError> {
+    /// Builds one engine and pool per shard (one shard per task that may run at once), starts
+    /// their epoch ticker and links WASI into each.
+    pub fn new(config: SandboxConfig) -> Result<Self, EngineError> {
+        Self::with_allocation(config, Allocation::Pooled)
+    }
+
+    /// [`Sandbox::new`] with the given instance allocator.
+    pub(crate) fn with_allocation(
+        config: SandboxConfig,
+        allocation: Allocation,
+    ) -> Result<Self, EngineError> {
         let count = config.concurrency();
         let slots = count.saturating_mul(config.warm_modules);
         let per_slot = config.memory_reservation + config.memory_guard;
@@ -237,11 +236,6 @@ impl Sandbox {
         &self.config
     }
 
-    /// `shard`'s linker, with WASI preview1 defined.
-    pub fn linker(&self, shard: usize) -> &Linker<SandboxState> {
-        &self.shard(shard).linker
-    }
-
     fn shard(&self, shard: usize) -> &Shard {
         &self.shards[shard % self.shards.len()]
     }
@@ -286,19 +280,6 @@ impl Sandbox {
     /// using at the same time.
     pub fn run(&self, shard: usize, module: &WarmModule, call: GuestCall) -> Execution {
         let (pre, exports) = module.on(shard);
-        self.run_with(shard, call, exports, |store| pre.instantiate(store))
-    }
-
-    /// Runs `call` on `shard` in an instance made by `instantiate` (of the module `exports`
-    /// was taken from) — the benchmark's hook for comparing instantiation strategies;
-    /// everything else about the run is identical.
-    pub fn run_with(
-        &self,
-        shard: usize,
-        call: GuestCall,
-        exports: &GuestExports,
-        instantiate: impl FnOnce(&mut Store<SandboxState>) -> wasmtime::Result<Instance>,
-    ) -> Execution {
         if let Err(reason) = check_call(&call) {
             return Execution::refused(Outcome::InvalidTask { reason });
         }
@@ -306,7 +287,7 @@ impl Sandbox {
         let mut store = self.new_store(self.shard(shard), call, &limits);
 
         let started = Instant::now();
-        let instance = instantiate(&mut store);
+        let instance = pre.instantiate(&mut store);
         let instantiated = Instant::now();
         let ended = instance.and_then(|instance| {
             let start = exports.bind(&mut store, instance)?;
@@ -416,7 +397,7 @@ mod tests {
             max_concurrent_tasks: Some(1),
             ..SandboxConfig::default()
         };
-        let sandbox = Sandbox::new(config.clone(), Allocation::OnDemandCow).unwrap();
+        let sandbox = Sandbox::with_allocation(config.clone(), Allocation::OnDemand).unwrap();
         let higher = TaskLimits {
             timeout_ms: Some(u64::MAX),
             max_memory_bytes: Some(u64::MAX),
@@ -454,7 +435,7 @@ mod tests {
             max_concurrent_tasks: Some(1),
             ..SandboxConfig::default()
         };
-        let sandbox = Sandbox::new(config, Allocation::OnDemandCow).unwrap();
+        let sandbox = Sandbox::with_allocation(config, Allocation::OnDemand).unwrap();
         let module = Module::new(sandbox.engine(), WRITER).unwrap();
         let warm = sandbox.prepare(&[module]).unwrap();
         let execution = sandbox.run(0, &warm, GuestCall::default());

@@ -1,4 +1,4 @@
-//! `warren-worker bench executor`: warren's whole task path without a broker, on all cores, next
+//! `warren-bench executor`: warren's whole task path without a broker, on all cores, next
 //! to the smallest loop raw wasmtime allows on the same engines and module — fresh store,
 //! instantiate from an `InstancePre`, call `_start`, drop — measured in the same run. Each raw
 //! thread uses its own shard's engine, as each of warren's lanes does, so the ratio is warren's
@@ -9,24 +9,22 @@
 //! limits, deadline and outcome classification, and the encoded result — everything a daemon
 //! lane does per task except talking to the broker.
 
+use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use warren_schemas::args::{parse_bytes, parse_duration};
 use warren_schemas::{decode, encode, ModuleRef, Task};
-use wasmtime::{Linker, Store};
+use warren_worker::sandbox::Sandbox;
+use warren_worker::{ModuleRegistry, ModuleSource, SandboxConfig, TaskRunner};
+use wasmtime::{Engine, InstancePre, Linker, Module, Store};
 use wasmtime_wasi::p1::{add_to_linker_sync, WasiP1Ctx};
 use wasmtime_wasi::WasiCtxBuilder;
 
-use crate::engine::Allocation;
-use crate::registry::{LoadedModule, ModuleRegistry};
-use crate::runner::TaskRunner;
-use crate::sandbox::Sandbox;
-use crate::{ModuleSource, SandboxConfig};
-use warren_schemas::args::parse_duration;
-
-/// Arguments of `warren-worker bench executor`.
+/// Arguments of `warren-bench executor`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExecutorBenchArgs {
     /// Measuring time of each side in each round.
@@ -48,7 +46,7 @@ pub struct ExecutorBenchArgs {
 
     /// Dirty linear memory reset in place per freed slot (the worker's `--keep-resident`), to
     /// measure its effect on the task path.
-    #[arg(long, default_value = "64KiB", value_parser = warren_schemas::args::parse_bytes)]
+    #[arg(long, default_value = "64KiB", value_parser = parse_bytes)]
     pub keep_resident: u64,
 
     /// Where modules come from.
@@ -83,7 +81,7 @@ pub fn run_executor_bench(args: &ExecutorBenchArgs) -> anyhow::Result<ExecutorBe
         keep_resident: args.keep_resident,
         ..SandboxConfig::default()
     };
-    let sandbox = Arc::new(Sandbox::new(config, Allocation::Pooled)?);
+    let sandbox = Arc::new(Sandbox::new(config)?);
     let registry = Arc::new(ModuleRegistry::new(
         sandbox.clone(),
         &args.source.cache_dir()?,
@@ -92,7 +90,7 @@ pub fn run_executor_bench(args: &ExecutorBenchArgs) -> anyhow::Result<ExecutorBe
         .source
         .modules_dir
         .join(format!("{}.wasm", args.module));
-    let module = registry.load_file(&path).with_context(|| {
+    registry.load_file(&path).with_context(|| {
         format!(
             "cannot load {} (run modules/build.sh first)",
             path.display()
@@ -102,10 +100,11 @@ pub fn run_executor_bench(args: &ExecutorBenchArgs) -> anyhow::Result<ExecutorBe
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
+    let raw_shards = raw_shards(&sandbox, &path)?;
     let runner = TaskRunner::new(registry, "bench");
     let (mut raws, mut warrens) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds {
-        raws.push(raw_loop(&sandbox, &module, threads, args.duration)?);
+        raws.push(raw_loop(&raw_shards, threads, args.duration)?);
         warrens.push(warren_loop(&runner, &args.module, threads, args.duration)?);
     }
     let (raw, warren) = (median(&mut raws), median(&mut warrens));
@@ -136,25 +135,34 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// The bare minimum on `threads` threads: fresh store with an empty wasmtime-wasi context (the
-/// stock way to give a command its imports), instantiate from a pre-linked module, call
-/// `_start`, drop. Thread `i` uses shard `i`'s engine and compiled module.
-fn raw_loop(
-    sandbox: &Sandbox,
-    module: &LoadedModule,
-    threads: usize,
-    duration: Duration,
-) -> anyhow::Result<f64> {
-    let shards = sandbox
+/// The raw loop's per-shard set-up: each of warren's engines with the module at `path` linked to
+/// wasmtime-wasi, so each raw thread uses its own engine as each of warren's lanes does. The
+/// module is compiled once and mapped from a file, as warren maps it from its AOT cache, so
+/// both sides instantiate from the same kind of image.
+type RawShards<'a> = Vec<(&'a Engine, InstancePre<WasiP1Ctx>)>;
+
+fn raw_shards<'a>(sandbox: &'a Sandbox, path: &Path) -> anyhow::Result<RawShards<'a>> {
+    let compiled = sandbox.engine().precompile_module(&std::fs::read(path)?)?;
+    let mut file = tempfile::NamedTempFile::new()?;
+    file.write_all(&compiled)?;
+    sandbox
         .engines()
-        .enumerate()
-        .map(|(shard, engine)| {
+        .map(|engine| {
+            // SAFETY: the file holds `precompile_module` output of shard 0's engine, written
+            // just above to a private temporary file nothing else changes; every shard's engine
+            // has the same configuration.
+            let module = unsafe { Module::deserialize_file(engine, file.path())? };
             let mut linker: Linker<WasiP1Ctx> = Linker::new(engine);
             add_to_linker_sync(&mut linker, |ctx| ctx)?;
-            let pre = linker.instantiate_pre(module.warm.pre(shard).module())?;
-            Ok((engine, pre))
+            Ok((engine, linker.instantiate_pre(&module)?))
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect()
+}
+
+/// The bare minimum on `threads` threads: fresh store with an empty wasmtime-wasi context (the
+/// stock way to give a command its imports), instantiate from a pre-linked module, call
+/// `_start`, drop. Thread `i` uses shard `i`.
+fn raw_loop(shards: &RawShards<'_>, threads: usize, duration: Duration) -> anyhow::Result<f64> {
     tasks_per_second(threads, duration, "raw loop", |thread| {
         let (engine, pre) = &shards[thread % shards.len()];
         let mut store = Store::new(engine, WasiCtxBuilder::new().build_p1());

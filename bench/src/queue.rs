@@ -1,44 +1,38 @@
-//! `warren-worker bench queue`: tasks per second and end-to-end latency through the real broker,
-//! side by side with a **null worker** measured in the same run. The null worker is
-//! `warren-worker run --null-executor`: the same AMQP path (consume with the same prefetch,
-//! decode, publish a same-sized result with confirms, ack) without any wasm, i.e. the ceiling the
-//! broker allows on this machine. Ratios to it are what compare across machines.
+//! `warren-bench queue`: tasks per second and end-to-end latency through the real broker, side
+//! by side with a **null worker** measured in the same run. The null worker is
+//! `warren-null-worker`: the daemon's AMQP path (consume with the same prefetch, decode, publish
+//! a same-sized result with confirms, ack) with a null executor instead of wasm, i.e. the
+//! ceiling the broker allows on this machine. Ratios to it are what compare across machines.
 //!
-//! Each case gets its own queues and its own worker processes. Throughput: the task queue is
-//! filled first (publisher confirms pipelined), then the workers start and drain it; tasks/s is
-//! counted between the first and the last result so start-up does not count. Latency: tasks are
-//! then published at a fraction (default ½) of that peak and timed from their submitted-at to
-//! their result arriving here. Instantiate percentiles come from every result's own timings.
+//! Each case gets its own queues and its own worker processes; tasks go out through the
+//! producer's [`Publisher`] and results come back through its [`ResultStream`]. Throughput: the
+//! task queue is filled first (publisher confirms pipelined), then the workers start and drain
+//! it; tasks/s is counted between the first and the last result so start-up does not count.
+//! Latency: tasks are then published at a fraction (default ½) of that peak and timed from their
+//! submitted-at to their result arriving here. Instantiate percentiles come from every result's
+//! own timings.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use futures_lite::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, PublisherConfirm,
-};
 use serde::Serialize;
+use warren::{Publisher, Received, ResultStream, Topology};
+use warren_schemas::args::BrokerArgs;
 use warren_schemas::task::unix_now_ns;
-use warren_schemas::{
-    decode, encode, BatchRef, ModuleRef, Task, TaskResult, Topology, DEFAULT_MAX_MESSAGE_BYTES,
-};
+use warren_schemas::{BatchRef, ModuleRef, Task};
+use warren_tests::worker_process::WorkerProcess;
+use warren_worker::ModuleSource;
 
-use super::percentile;
-use super::worker_process::{BenchWorker, WorkerLaunch, CLOCK_TICKS_PER_S};
-use crate::ModuleSource;
+use crate::broker::BenchQueues;
+use crate::stats::percentile;
+use crate::workers::{self, WorkerBinary, WorkerLaunch};
 
 /// What runs the tasks in one case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Case {
-    /// One `--null-executor` worker: the broker-bound ceiling.
+    /// One `warren-null-worker`: the broker-bound ceiling.
     Null,
     /// One worker, trivial module (`echo`).
     Trivial,
@@ -81,16 +75,12 @@ impl Case {
     }
 }
 
-/// Arguments of `warren-worker bench queue`.
+/// Arguments of `warren-bench queue`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct QueueBenchArgs {
-    /// Broker URL (its password is never printed).
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
+    /// Where the broker is.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 
     /// Tasks per case in the throughput phase.
     #[arg(long, default_value_t = 50_000)]
@@ -268,67 +258,27 @@ fn median_round(mut rounds: Vec<QueueBenchRow>) -> Option<QueueBenchRow> {
     Some(median)
 }
 
-/// This case's queues, deleted when the case ends (whatever happened).
-struct CaseQueues {
-    topology: Topology,
-    replies: String,
-}
-
 async fn run_case(args: &QueueBenchArgs, case: Case) -> anyhow::Result<QueueBenchRow> {
-    let suffix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let queues = CaseQueues {
-        topology: Topology::with_suffix(&suffix),
-        replies: format!("warren.bench.replies.{suffix}"),
-    };
-    let connection = Connection::connect(&args.amqp_url, ConnectionProperties::default())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to {}",
-                warren_schemas::topology::redact_url(&args.amqp_url)
-            )
-        })?;
-    let channel = connection.create_channel().await?;
-    queues.topology.declare(&channel).await?;
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(
-            queues.replies.as_str().into(),
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    let measured = measure(args, case, &connection, &queues).await;
-    for queue in [
-        &queues.topology.tasks,
-        &queues.topology.dead,
-        &queues.topology.results,
-        &queues.replies,
-    ] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = connection.close(200, "bench done".into()).await;
+    let queues = BenchQueues::declare(&args.broker.amqp_url, "bench").await?;
+    let measured = measure(args, case, &queues).await;
+    queues.delete().await;
     measured
 }
 
 async fn measure(
     args: &QueueBenchArgs,
     case: Case,
-    connection: &Connection,
-    queues: &CaseQueues,
+    queues: &BenchQueues,
 ) -> anyhow::Result<QueueBenchRow> {
     let label = case.name();
     // Throughput: fill, then let the workers drain it.
     let n = args.tasks;
-    let mut publisher = Publisher::new(connection, queues).await?;
+    let mut publisher = Publisher::new(&queues.producer, OUTSTANDING_CONFIRMS).await?;
     let filling = Instant::now();
     for index in 0..n {
-        publisher.publish(&bench_task(case, index)).await?;
+        publisher
+            .publish(&bench_task(case, index), Some(&queues.replies))
+            .await?;
     }
     publisher.finish().await?;
     eprintln!(
@@ -336,12 +286,12 @@ async fn measure(
         filling.elapsed(),
         n as f64 / filling.elapsed().as_secs_f64()
     );
-    let mut results = Results::consume(connection, &queues.replies).await?;
-    let mut workers = WorkerProcesses::start(args, case, &queues.topology)?;
-    workers.wait_ready(Duration::from_secs(120)).await?;
-    let cpu_before = workers.cpu_ticks();
+    let mut results = Results::consume(queues).await?;
+    let mut workers = WorkerProcesses::start(args, case, queues.topology())?;
+    workers.wait_ready(Duration::from_secs(120))?;
+    let cpu_before = workers.cpu_time();
     let drained = results.collect(n, Duration::from_secs(60)).await?;
-    let cpu_after = workers.cpu_ticks();
+    let cpu_after = workers.cpu_time();
     let (first, last) = match (drained.first(), drained.last()) {
         (Some(first), Some(last)) => (first.at, last.at),
         _ => bail!("no results arrived"),
@@ -353,8 +303,7 @@ async fn measure(
         _ => drained.iter().filter_map(|r| r.instantiate_ns).collect(),
     };
     instantiate.sort_unstable();
-    let cpu_us_per_task =
-        cpu_after.saturating_sub(cpu_before) as f64 * 1e6 / CLOCK_TICKS_PER_S / n as f64;
+    let cpu_us_per_task = cpu_after.saturating_sub(cpu_before).as_secs_f64() * 1e6 / n as f64;
     eprintln!("[{label}] drained at {tasks_per_s:.0} tasks/s");
 
     // Latency at a fraction of that peak.
@@ -362,7 +311,8 @@ async fn measure(
     let rate = tasks_per_s * args.latency_load;
     let submitted: Arc<Vec<AtomicU64>> = Arc::new((0..m).map(|_| AtomicU64::new(0)).collect());
     let paced = {
-        let mut publisher = Publisher::new(connection, queues).await?;
+        let mut publisher = Publisher::new(&queues.producer, OUTSTANDING_CONFIRMS).await?;
+        let replies = queues.replies.clone();
         let submitted = submitted.clone();
         tokio::spawn(async move {
             let start = tokio::time::Instant::now();
@@ -371,7 +321,7 @@ async fn measure(
                 tokio::time::sleep_until(due).await;
                 let task = bench_task(case, index);
                 submitted[index].store(task.submitted_at_unix_ns, Ordering::Relaxed);
-                publisher.publish(&task).await?;
+                publisher.publish(&task, Some(&replies)).await?;
             }
             publisher.finish().await
         })
@@ -386,7 +336,7 @@ async fn measure(
         })
         .collect();
     e2e.sort_unstable();
-    workers.stop();
+    workers.stop()?;
     let ms = |ns: u64| ns as f64 / 1e6;
     let us =
         |sorted: &[u64], p: f64| (!sorted.is_empty()).then(|| percentile(sorted, p) as f64 / 1e3);
@@ -407,7 +357,7 @@ async fn measure(
         instantiate_p50_us: us(&instantiate, 50.0),
         instantiate_p99_us: us(&instantiate, 99.0),
         worker_cpu_us_per_task: cpu_us_per_task,
-        duplicates: results.duplicates,
+        duplicates: results.duplicates(),
     })
 }
 
@@ -424,129 +374,53 @@ fn bench_task(case: Case, index: usize) -> Task {
     task
 }
 
-/// Publishes tasks with confirms pipelined: up to [`Publisher::OUTSTANDING`] unconfirmed.
-struct Publisher {
-    channel: Channel,
-    queue: String,
-    properties: BasicProperties,
-    unconfirmed: VecDeque<PublisherConfirm>,
-}
-
-impl Publisher {
-    const OUTSTANDING: usize = 2048;
-
-    async fn new(connection: &Connection, queues: &CaseQueues) -> anyhow::Result<Self> {
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(Publisher {
-            channel,
-            queue: queues.topology.tasks.clone(),
-            properties: BasicProperties::default()
-                .with_reply_to(queues.replies.as_str().into())
-                .with_delivery_mode(2),
-            unconfirmed: VecDeque::new(),
-        })
-    }
-
-    async fn publish(&mut self, task: &Task) -> anyhow::Result<()> {
-        if self.unconfirmed.len() >= Self::OUTSTANDING {
-            self.confirm_oldest().await?;
-        }
-        let confirm = self
-            .channel
-            .basic_publish(
-                "".into(),
-                self.queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &encode(task),
-                self.properties
-                    .clone()
-                    .with_message_id(task.id.to_string().into()),
-            )
-            .await?;
-        self.unconfirmed.push_back(confirm);
-        Ok(())
-    }
-
-    async fn confirm_oldest(&mut self) -> anyhow::Result<()> {
-        if let Some(confirm) = self.unconfirmed.pop_front() {
-            if !confirm.await?.is_ack() {
-                bail!("the broker refused a task (nack)");
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish(&mut self) -> anyhow::Result<()> {
-        while !self.unconfirmed.is_empty() {
-            self.confirm_oldest().await?;
-        }
-        Ok(())
-    }
-}
+/// Unconfirmed publishes at most: enough to keep the broker busy while the queue fills.
+const OUTSTANDING_CONFIRMS: usize = 2048;
 
 /// One result as the bench saw it arrive.
-struct Received {
+struct Arrival {
     at: Instant,
     unix_ns: u64,
     index: Option<usize>,
     instantiate_ns: Option<u64>,
 }
 
-/// The results queue, consumed without acks (the bench is the only reader).
+/// The case's replies, as the producer's deduplicating [`ResultStream`].
 struct Results {
-    consumer: Consumer,
-    _channel: Channel,
-    seen: HashSet<uuid::Uuid>,
-    duplicates: usize,
+    stream: ResultStream,
 }
 
 impl Results {
-    async fn consume(connection: &Connection, queue: &str) -> anyhow::Result<Self> {
-        let channel = connection.create_channel().await?;
-        channel.basic_qos(4096, BasicQosOptions::default()).await?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(Results {
-            consumer,
-            _channel: channel,
-            seen: HashSet::new(),
-            duplicates: 0,
-        })
+    /// Results acked at once (one `multiple` ack), well inside the stream's prefetch.
+    const ACK_EVERY: usize = 64;
+
+    async fn consume(queues: &BenchQueues) -> anyhow::Result<Self> {
+        let stream = ResultStream::consume(&queues.producer, &queues.replies, []).await?;
+        Ok(Results { stream })
+    }
+
+    /// Results received more than once (redeliveries).
+    fn duplicates(&self) -> usize {
+        usize::try_from(self.stream.duplicates()).unwrap_or(usize::MAX)
     }
 
     /// The next `want` distinct results; fails when none arrives for `stall`.
-    async fn collect(&mut self, want: usize, stall: Duration) -> anyhow::Result<Vec<Received>> {
-        let mut received = Vec::with_capacity(want);
-        while received.len() < want {
-            let delivery = match tokio::time::timeout(stall, self.consumer.next()).await {
-                Ok(Some(delivery)) => delivery?,
+    async fn collect(&mut self, want: usize, stall: Duration) -> anyhow::Result<Vec<Arrival>> {
+        let mut arrived = Vec::with_capacity(want);
+        let mut unacked: Option<Received> = None;
+        while arrived.len() < want {
+            let received = match tokio::time::timeout(stall, self.stream.next()).await {
+                Ok(Some(received)) => received?,
                 Ok(None) => bail!("the results consumer was cancelled"),
-                Err(_) => bail!("no result for {stall:?} after {} of {want}", received.len()),
+                Err(_) => bail!("no result for {stall:?} after {} of {want}", arrived.len()),
             };
             let at = Instant::now();
             let unix_ns = unix_now_ns();
-            let result: TaskResult = decode(&delivery.data, DEFAULT_MAX_MESSAGE_BYTES)
-                .context("a result did not decode")?;
+            let result = &received.result;
             if !result.outcome.is_success() {
                 bail!("task failed: {:?}", result.outcome);
             }
-            if !self.seen.insert(result.task_id) {
-                self.duplicates += 1;
-                continue;
-            }
-            received.push(Received {
+            arrived.push(Arrival {
                 at,
                 unix_ns,
                 index: result.batch.and_then(|b| usize::try_from(b.index).ok()),
@@ -555,53 +429,66 @@ impl Results {
                     .is_some()
                     .then_some(result.timings.instantiate_ns),
             });
+            unacked = Some(received);
+            if arrived.len() % Self::ACK_EVERY == 0 {
+                if let Some(last) = unacked.take() {
+                    self.stream.ack_up_to(last).await?;
+                }
+            }
         }
-        Ok(received)
+        if let Some(last) = unacked {
+            self.stream.ack_up_to(last).await?;
+        }
+        Ok(arrived)
     }
 }
 
 /// The worker processes of one case.
 struct WorkerProcesses {
-    workers: Vec<BenchWorker>,
+    workers: Vec<WorkerProcess>,
 }
 
 impl WorkerProcesses {
     fn start(args: &QueueBenchArgs, case: Case, topology: &Topology) -> anyhow::Result<Self> {
         let launch = WorkerLaunch {
-            amqp_url: &args.amqp_url,
+            amqp_url: &args.broker.amqp_url,
             topology,
             source: &args.source,
             worker_args: &args.worker_args,
         };
-        let extra: &[&str] = if case == Case::Null {
-            &["--null-executor"]
-        } else {
-            &[]
+        let binary = match case {
+            Case::Null => WorkerBinary::NullWorker,
+            _ => WorkerBinary::Worker,
         };
         let workers = (0..case.processes())
-            .map(|_| BenchWorker::start(&launch, extra))
+            .map(|_| workers::start(&launch, binary))
             .collect::<anyhow::Result<_>>()?;
         Ok(WorkerProcesses { workers })
     }
 
-    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         for worker in &mut self.workers {
-            worker.wait_ready(deadline).await?;
+            workers::wait_ready(worker, deadline)?;
         }
         Ok(())
     }
 
-    /// User + system CPU ticks of all the processes so far.
-    fn cpu_ticks(&self) -> u64 {
-        self.workers.iter().filter_map(BenchWorker::cpu_ticks).sum()
+    /// User + system CPU time of all the processes so far.
+    fn cpu_time(&self) -> Duration {
+        self.workers
+            .iter()
+            .filter_map(WorkerProcess::cpu_time)
+            .sum()
     }
 
     /// SIGTERM, then wait: the workers drain (nothing is in flight by now) and exit.
-    fn stop(&mut self) {
-        self.workers.iter().for_each(BenchWorker::terminate);
-        self.workers.iter_mut().for_each(BenchWorker::wait);
+    fn stop(&mut self) -> anyhow::Result<()> {
+        for worker in &mut self.workers {
+            worker.stop()?;
+        }
         self.workers.clear();
+        Ok(())
     }
 }
 

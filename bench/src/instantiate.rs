@@ -1,12 +1,14 @@
-//! `warren-worker bench instantiate`: what warren's instantiation strategy buys, measured side by
-//! side in one run on the same modules.
+//! `warren-bench instantiate`: what warren's instantiation strategy buys, measured side by side
+//! in one run on the same modules.
 //!
 //! Strategies (each runs the whole task: store + WASI state → instantiate → `_start` → drop):
-//! - `a-ondemand-copy-linker`: mmap per instance, data segments copied in, imports resolved by
-//!   `Linker::instantiate` on every task — the naive embedding.
-//! - `b-ondemand-cow-pre`: mmap per instance, copy-on-write memory image, `InstancePre`.
-//! - `c-warren`: warren's configuration — pooling allocator + CoW mapped from the AOT file +
-//!   `InstancePre`, dirty pages reset in place — run on the measuring threads as the daemon's
+//! - `a-ondemand-copy-linker`: stock wasmtime + wasmtime-wasi ([`baseline`](crate::baseline)),
+//!   mmap per instance, data segments copied in, imports resolved by `Linker::instantiate` on
+//!   every task — the naive embedding.
+//! - `b-ondemand-cow-pre`: the same embedding with a copy-on-write memory image and an
+//!   `InstancePre`.
+//! - `c-warren`: warren's sandbox — pooling allocator + CoW mapped from the AOT file +
+//!   `InstancePre`, dirty pages reset in place — one shard per measuring thread, as the daemon's
 //!   lanes run tasks.
 //!
 //! Each is measured on one thread and on all cores for `--duration`; instantiate p50/p99 come
@@ -18,15 +20,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use super::stats::percentile;
-use crate::config::SandboxConfig;
-use crate::engine::Allocation;
-use crate::registry::{LoadedModule, ModuleRegistry};
-use crate::sandbox::{Execution, GuestCall, Sandbox};
-use crate::ModuleSource;
 use warren_schemas::args::parse_duration;
+use warren_worker::sandbox::{GuestCall, Sandbox};
+use warren_worker::{ModuleRegistry, ModuleSource, SandboxConfig};
 
-/// Arguments of `warren-worker bench instantiate`.
+use crate::baseline::{self, Instantiation};
+use crate::stats::percentile;
+
+/// Arguments of `warren-bench instantiate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct InstantiateBenchArgs {
     /// Print one JSON object per line instead of a table.
@@ -70,56 +71,88 @@ pub struct BenchRow {
     pub samples: usize,
 }
 
-const STRATEGIES: [(&str, Allocation); 3] = [
-    ("a-ondemand-copy-linker", Allocation::OnDemandCopy),
-    ("b-ondemand-cow-pre", Allocation::OnDemandCow),
-    ("c-warren", Allocation::Pooled),
+/// The strategies, in the order they are measured.
+const STRATEGIES: [Strategy; 3] = [
+    Strategy::Baseline("a-ondemand-copy-linker", Instantiation::CopyLinker),
+    Strategy::Baseline("b-ondemand-cow-pre", Instantiation::CowPre),
+    Strategy::Warren("c-warren"),
 ];
+
+/// One way of running the benchmark task, named as the rows name it.
+#[derive(Debug, Clone, Copy)]
+enum Strategy {
+    /// Stock wasmtime + wasmtime-wasi, instantiating as given.
+    Baseline(&'static str, Instantiation),
+    /// warren's sandbox.
+    Warren(&'static str),
+}
+
+impl Strategy {
+    fn name(self) -> &'static str {
+        match self {
+            Strategy::Baseline(name, _) | Strategy::Warren(name) => name,
+        }
+    }
+}
+
+/// What a benchmark task gets on stdin.
+const INPUT: &[u8] = b"42\n";
 
 /// Runs the benchmark and prints the table (or JSON lines); returns the rows.
 pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<BenchRow>> {
     let cores = num_cpus::get();
+    let config = SandboxConfig {
+        max_concurrent_tasks: Some(cores),
+        ..SandboxConfig::default()
+    };
+    let thread_counts = if cores > 1 { vec![1, cores] } else { vec![1] };
     let mut rows = Vec::new();
     for name in &args.modules {
         let path = args.source.modules_dir.join(format!("{name}.wasm"));
-        for (strategy, allocation) in STRATEGIES {
-            if !args.strategies.is_empty() && !args.strategies.iter().any(|s| s == strategy) {
+        for strategy in STRATEGIES {
+            if !args.strategies.is_empty() && !args.strategies.iter().any(|s| s == strategy.name())
+            {
                 continue;
             }
-            let config = SandboxConfig {
-                max_concurrent_tasks: Some(cores),
-                ..SandboxConfig::default()
+            let measure = |task: &(dyn Fn(usize) -> anyhow::Result<Duration> + Sync)| {
+                thread_counts
+                    .iter()
+                    .map(|&threads| measure_threads(threads, args.duration, task))
+                    .collect::<anyhow::Result<Vec<_>>>()
             };
-            let sandbox = Arc::new(Sandbox::new(config, allocation)?);
-            let registry = ModuleRegistry::new(sandbox.clone(), &args.source.cache_dir()?)?;
-            let module = registry.load_file(&path).with_context(|| {
-                format!(
-                    "cannot load {} (run modules/build.sh first)",
-                    path.display()
-                )
-            })?;
-            let call = bench_call(&module);
-            let thread_counts = if cores > 1 { vec![1, cores] } else { vec![1] };
-            for threads in thread_counts {
-                let row = match allocation {
-                    Allocation::Pooled | Allocation::OnDemandCow => {
-                        measure_threads(threads, args.duration, |shard| {
-                            sandbox.run(shard, &module.warm, call.clone())
-                        })?
-                    }
-                    Allocation::OnDemandCopy => measure_threads(threads, args.duration, |shard| {
-                        let exports = module.warm.exports(shard);
-                        sandbox.run_with(shard, call.clone(), exports, |store| {
-                            sandbox
-                                .linker(shard)
-                                .instantiate(store, module.warm.pre(shard).module())
-                        })
-                    })?,
-                };
+            let measured = match strategy {
+                Strategy::Baseline(_, how) => {
+                    let engine = baseline::engine(&config, how == Instantiation::CowPre)?;
+                    let command = baseline::Command::load(&engine, &path, &config)?;
+                    measure(&|_| command.run(how, INPUT))?
+                }
+                Strategy::Warren(_) => {
+                    let sandbox = Arc::new(Sandbox::new(config.clone())?);
+                    let registry = ModuleRegistry::new(sandbox.clone(), &args.source.cache_dir()?)?;
+                    let module = registry.load_file(&path).with_context(|| {
+                        format!(
+                            "cannot load {} (run modules/build.sh first)",
+                            path.display()
+                        )
+                    })?;
+                    let call = GuestCall {
+                        program: module.name.clone(),
+                        input: INPUT.to_vec(),
+                        ..GuestCall::default()
+                    };
+                    measure(&|shard| {
+                        let execution = sandbox.run(shard, &module.warm, call.clone());
+                        if !execution.outcome.is_success() {
+                            bail!("benchmark task did not succeed: {}", execution.outcome);
+                        }
+                        Ok(execution.instantiate)
+                    })?
+                }
+            };
+            for row in measured {
                 let row = BenchRow {
                     module: name.clone(),
-                    strategy,
-                    threads,
+                    strategy: strategy.name(),
                     ..row
                 };
                 if args.json {
@@ -135,33 +168,23 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
     Ok(rows)
 }
 
-fn bench_call(module: &LoadedModule) -> GuestCall {
-    GuestCall {
-        program: module.name.clone(),
-        input: b"42\n".to_vec(),
-        ..GuestCall::default()
-    }
-}
-
-/// Runs `task` in a loop on `threads` threads for `duration`; thread `i` runs on shard `i`.
+/// Runs `task` in a loop on `threads` threads for `duration`; thread `i` runs on shard `i`. The
+/// task returns its instantiate time.
 fn measure_threads(
     threads: usize,
     duration: Duration,
-    task: impl Fn(usize) -> Execution + Sync,
+    task: &(dyn Fn(usize) -> anyhow::Result<Duration> + Sync),
 ) -> anyhow::Result<BenchRow> {
     let started = Instant::now();
     let per_thread = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|shard| {
                 let task = &task;
-                scope.spawn(move || {
+                scope.spawn(move || -> anyhow::Result<Vec<u64>> {
                     let mut samples = Vec::new();
                     while started.elapsed() < duration {
-                        let execution = task(shard);
-                        if !execution.outcome.is_success() {
-                            return Err(execution.outcome);
-                        }
-                        samples.push(execution.instantiate.as_nanos() as u64);
+                        let instantiate = task(shard)?;
+                        samples.push(instantiate.as_nanos() as u64);
                     }
                     Ok(samples)
                 })
@@ -174,7 +197,7 @@ fn measure_threads(
     for result in per_thread {
         match result {
             Ok(Ok(s)) => samples.extend(s),
-            Ok(Err(outcome)) => bail!("benchmark task did not succeed: {outcome}"),
+            Ok(Err(error)) => return Err(error),
             Err(_) => bail!("benchmark thread panicked"),
         }
     }

@@ -1,6 +1,6 @@
-//! A minimal HTTP/1.0 client for the worker's own metrics port, so `bench queue` (and the tests)
-//! can wait for `/readyz` and read `/metrics` of worker processes they started, without pulling an
-//! HTTP client crate into the worker for two GET requests on localhost.
+//! A minimal HTTP/1.0 client for a worker's metrics port, so the tests and the benchmarks can
+//! wait for `/readyz` and read `/metrics` of worker processes they started, without an HTTP
+//! client crate for two GET requests on localhost.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

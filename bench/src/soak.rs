@@ -1,18 +1,19 @@
-//! `warren-worker bench soak`: many trivial tasks through **one** worker process, watching it for
+//! `warren-bench soak`: many trivial tasks through **one** worker process, watching it for
 //! leaks. A fresh sandbox per task means a million tasks create a million stores, instances,
-//! WASI states and output buffers; anything one of them forgets to give back shows up here, as resident
-//! memory that keeps growing after warm-up, file descriptors that are never closed, or an
-//! in-flight gauge that does not return to zero.
+//! WASI states and output buffers; anything one of them forgets to give back shows up here, as
+//! resident memory that keeps growing after warm-up, file descriptors that are never closed, or
+//! an in-flight gauge that does not return to zero.
 //!
 //! The task queue is fed while the worker drains it, with at most `--backlog` tasks unanswered,
 //! so the broker holds a bounded queue however long the run. Every `--interval` the worker's
 //! `VmRSS` (`/proc/<pid>/status`) and open descriptors (`/proc/<pid>/fd`) go to a CSV, and every
 //! `--scrape-interval` also `warren_tasks_in_flight` (its `/metrics`) — as seldom as Prometheus
-//! scrapes by default, because a scrape is also what the exporter used to give histogram samples
-//! back on: scraped every second, the soak could not see them pile up. The verdict compares the final sample
+//! scrapes by default, so memory the exporter holds between scrapes is part of what is watched.
+//! The verdict compares the final sample
 //! with the one taken once `--warmup` of the tasks are done (allocator arenas, pool slots, the AOT
 //! image and per-thread descriptors are all set up by then): RSS may grow at most
-//! `--max-rss-growth`, descriptors not at all, and nothing may be left in flight. `scripts/soak` runs it on a release build and plots the CSV.
+//! `--max-rss-growth`, descriptors not at all, and nothing may be left in flight. `scripts/soak`
+//! runs it on a release build and plots the CSV.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -20,33 +21,22 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use futures_lite::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::watch;
-use warren_schemas::{
-    decode, encode, BatchRef, ModuleRef, Task, TaskResult, Topology, DEFAULT_MAX_MESSAGE_BYTES,
-};
+use warren::{Publisher, Received, ResultStream};
+use warren_schemas::args::{parse_duration, BrokerArgs};
+use warren_schemas::{BatchRef, ModuleRef, Task};
+use warren_tests::probe::http_get;
+use warren_worker::ModuleSource;
 
-use super::worker_process::{BenchWorker, WorkerLaunch};
-use crate::probe::http_get;
-use crate::ModuleSource;
-use warren_schemas::args::parse_duration;
+use crate::broker::BenchQueues;
+use crate::workers::{self, WorkerBinary, WorkerLaunch};
 
-/// Arguments of `warren-worker bench soak`.
+/// Arguments of `warren-bench soak`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SoakArgs {
-    /// Broker URL (its password is never printed).
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
+    /// Where the broker is.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 
     /// Trivial `echo` tasks to push through the worker.
     #[arg(long, default_value_t = 1_000_000)]
@@ -112,55 +102,24 @@ pub fn run_soak(args: &SoakArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let suffix = format!("soak-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-        let topology = Topology::with_suffix(&suffix);
-        let replies = format!("warren.soak.replies.{suffix}");
-        let connection = Connection::connect(&args.amqp_url, ConnectionProperties::default())
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to {}",
-                    warren_schemas::topology::redact_url(&args.amqp_url)
-                )
-            })?;
-        let channel = connection.create_channel().await?;
-        topology.declare(&channel).await?;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(replies.as_str().into(), durable, FieldTable::default())
-            .await?;
-        let soaked = soak(args, &connection, &topology, &replies).await;
-        for queue in [&topology.tasks, &topology.dead, &topology.results, &replies] {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = connection.close(200, "soak done".into()).await;
+        let queues = BenchQueues::declare(&args.broker.amqp_url, "soak").await?;
+        let soaked = soak(args, &queues).await;
+        queues.delete().await;
         soaked
     })
 }
 
-async fn soak(
-    args: &SoakArgs,
-    connection: &Connection,
-    topology: &Topology,
-    replies: &str,
-) -> anyhow::Result<i32> {
+async fn soak(args: &SoakArgs, queues: &BenchQueues) -> anyhow::Result<i32> {
     let launch = WorkerLaunch {
-        amqp_url: &args.amqp_url,
-        topology,
+        amqp_url: &args.broker.amqp_url,
+        topology: queues.topology(),
         source: &args.source,
         worker_args: &args.worker_args,
     };
-    let mut worker = BenchWorker::start(&launch, &[])?;
-    worker
-        .wait_ready(Instant::now() + Duration::from_secs(120))
-        .await?;
+    let mut worker = workers::start(&launch, WorkerBinary::Worker)?;
+    workers::wait_ready(&mut worker, Instant::now() + Duration::from_secs(120))?;
     let pid = worker.pid();
-    let metrics_addr = worker.metrics_addr();
+    let metrics_addr = worker.metrics_addr;
     let mut csv = std::io::BufWriter::new(
         std::fs::File::create(&args.csv)
             .with_context(|| format!("cannot create {}", args.csv.display()))?,
@@ -169,15 +128,8 @@ async fn soak(
 
     let n = args.tasks;
     let (done_tx, done_rx) = watch::channel(0usize);
-    let consumer = consume_results(connection, replies, n, done_tx).await?;
-    let publisher = publish_tasks(
-        connection,
-        topology,
-        replies,
-        n,
-        args.backlog,
-        done_rx.clone(),
-    );
+    let consumer = consume_results(queues, n, done_tx).await?;
+    let publisher = publish_tasks(queues, n, args.backlog, done_rx.clone());
 
     let started = Instant::now();
     let mut samples = vec![sample(pid, Some(metrics_addr), started, 0).await?];
@@ -200,7 +152,7 @@ async fn soak(
                 let s = sample(pid, scrape.then_some(metrics_addr), started, done).await?;
                 write_sample(&mut csv, &s)?;
                 samples.push(s);
-                if let Some(status) = worker.exited()? {
+                if let Some(status) = worker.try_status() {
                     bail!("the worker exited during the soak: {status}");
                 }
             }
@@ -224,8 +176,7 @@ async fn soak(
     samples.push(last);
     csv.flush()?;
     // SIGTERM, then wait: nothing is in flight by now, so it drains at once and exits.
-    worker.terminate();
-    worker.wait();
+    worker.stop()?;
 
     Ok(report(args, &samples, &answered, duration))
 }
@@ -368,58 +319,24 @@ fn soak_task(index: usize) -> Task {
 
 /// Publishes `n` tasks with confirms pipelined, pausing while `backlog` are unanswered.
 async fn publish_tasks(
-    connection: &Connection,
-    topology: &Topology,
-    replies: &str,
+    queues: &BenchQueues,
     n: usize,
     backlog: usize,
     mut done: watch::Receiver<usize>,
 ) -> anyhow::Result<()> {
     const OUTSTANDING_CONFIRMS: usize = 2048;
-    let channel: Channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let properties = BasicProperties::default()
-        .with_reply_to(replies.into())
-        .with_delivery_mode(2);
-    let queue = topology.tasks.clone();
-    let mut unconfirmed = std::collections::VecDeque::new();
+    let mut publisher = Publisher::new(&queues.producer, OUTSTANDING_CONFIRMS).await?;
     for index in 0..n {
         if index.saturating_sub(*done.borrow()) >= backlog {
             done.wait_for(|&d| index.saturating_sub(d) < backlog)
                 .await
                 .context("the results consumer stopped")?;
         }
-        if unconfirmed.len() >= OUTSTANDING_CONFIRMS {
-            confirm(unconfirmed.pop_front()).await?;
-        }
-        let task = soak_task(index);
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &encode(&task),
-                properties
-                    .clone()
-                    .with_message_id(task.id.to_string().into()),
-            )
+        publisher
+            .publish(&soak_task(index), Some(&queues.replies))
             .await?;
-        unconfirmed.push_back(confirm);
     }
-    while let Some(c) = unconfirmed.pop_front() {
-        confirm(Some(c)).await?;
-    }
-    Ok(())
-}
-
-async fn confirm(confirm: Option<lapin::PublisherConfirm>) -> anyhow::Result<()> {
-    if let Some(confirm) = confirm {
-        if !confirm.await?.is_ack() {
-            bail!("the broker refused a task (nack)");
-        }
-    }
+    publisher.finish().await?;
     Ok(())
 }
 
@@ -431,55 +348,41 @@ struct Answered {
     duplicates: usize,
 }
 
-/// Consumes results (no acks: the soak is the only reader) until `n` distinct tasks answered;
-/// fails when none arrives for 60 s.
+/// Consumes results (the producer's [`ResultStream`], acked in batches) until `n` distinct
+/// tasks answered; fails when none arrives for 60 s.
 async fn consume_results(
-    connection: &Connection,
-    queue: &str,
+    queues: &BenchQueues,
     n: usize,
     done: watch::Sender<usize>,
 ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<Answered>>> {
-    let channel = connection.create_channel().await?;
-    channel.basic_qos(4096, BasicQosOptions::default()).await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    const ACK_EVERY: usize = 64;
+    let mut stream = ResultStream::consume(&queues.producer, &queues.replies, []).await?;
     Ok(async move {
-        let _channel = channel;
         let stall = Duration::from_secs(60);
-        let mut seen = vec![false; n];
         let mut answered = Answered::default();
+        let mut unacked: Option<Received> = None;
         while answered.distinct < n {
-            let delivery = match tokio::time::timeout(stall, consumer.next()).await {
-                Ok(Some(delivery)) => delivery?,
+            let received = match tokio::time::timeout(stall, stream.next()).await {
+                Ok(Some(received)) => received?,
                 Ok(None) => bail!("the results consumer was cancelled"),
                 Err(_) => bail!("no result for {stall:?} after {} of {n}", answered.distinct),
             };
-            let result: TaskResult = decode(&delivery.data, DEFAULT_MAX_MESSAGE_BYTES)
-                .context("a result did not decode")?;
-            let index = result
-                .batch
-                .and_then(|b| usize::try_from(b.index).ok())
-                .filter(|&i| i < n)
-                .context("a result without a soak index")?;
-            if std::mem::replace(&mut seen[index], true) {
-                answered.duplicates += 1;
-                continue;
-            }
             answered.distinct += 1;
-            if !result.outcome.is_success() {
+            if !received.result.outcome.is_success() {
                 answered.failed += 1;
+            }
+            unacked = Some(received);
+            if answered.distinct % ACK_EVERY == 0 {
+                if let Some(last) = unacked.take() {
+                    stream.ack_up_to(last).await?;
+                }
             }
             done.send_replace(answered.distinct);
         }
+        if let Some(last) = unacked {
+            stream.ack_up_to(last).await?;
+        }
+        answered.duplicates = usize::try_from(stream.duplicates()).unwrap_or(usize::MAX);
         Ok(answered)
     })
 }

@@ -1,0 +1,35 @@
+//! warren's benchmarks: numbers printed side by side, never timed asserts. `warren-bench`
+//! runs them; `warren-null-worker` is the broker-bound ceiling `warren-bench queue` measures
+//! warren against.
+//!
+//! The benchmarks see warren from outside, through the same public API the daemon and `exec`
+//! use (the sandbox, the registry, the task runner, real worker processes); the baselines they
+//! compare with are stock wasmtime, set up here.
+//!
+//! # Layout
+//! - [`instantiate`]: instantiation strategies side by side: naive, CoW + `InstancePre`, warren's
+//!   pool.
+//! - [`executor`]: warren's task path without a broker vs the smallest raw wasmtime loop.
+//! - [`queue`]: tasks/s and latency through RabbitMQ, next to the null worker.
+//! - [`soak`]: many tasks through one worker process, watching for leaks.
+//! - [`baseline`]: stock wasmtime + wasmtime-wasi, the embedding the baselines run.
+//! - [`broker`]: a benchmark's own queues on the broker, deleted afterwards.
+//! - [`workers`]: worker processes on a benchmark's queues (the tests' helper).
+//! - [`null`]: the null executor behind `warren-null-worker`.
+//! - [`stats`]: nearest-rank percentiles of the samples.
+#![deny(missing_docs)]
+
+pub mod baseline;
+pub mod broker;
+pub mod executor;
+pub mod instantiate;
+pub mod null;
+pub mod queue;
+pub mod soak;
+pub mod stats;
+pub mod workers;
+
+pub use executor::{run_executor_bench, ExecutorBenchArgs};
+pub use instantiate::{run_instantiate_bench, InstantiateBenchArgs};
+pub use queue::{run_queue_bench, QueueBenchArgs};
+pub use soak::{run_soak, SoakArgs};
