@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use warren::{Publisher, Received, ResultStream, Topology};
+use warren::{Publisher, ResultStream, Topology};
 use warren_schemas::args::BrokerArgs;
 use warren_schemas::task::unix_now_ns;
 use warren_schemas::{BatchRef, ModuleRef, Task};
@@ -385,17 +385,15 @@ struct Arrival {
     instantiate_ns: Option<u64>,
 }
 
-/// The case's replies, as the producer's deduplicating [`ResultStream`].
+/// The case's replies, as the producer's deduplicating [`ResultStream`], settled by the broker
+/// on delivery so the client costs the broker as little as it can.
 struct Results {
     stream: ResultStream,
 }
 
 impl Results {
-    /// Results acked at once (one `multiple` ack), well inside the stream's prefetch.
-    const ACK_EVERY: usize = 64;
-
     async fn consume(queues: &BenchQueues) -> anyhow::Result<Self> {
-        let stream = ResultStream::consume(&queues.producer, &queues.replies, []).await?;
+        let stream = ResultStream::consume_settled(&queues.producer, &queues.replies).await?;
         Ok(Results { stream })
     }
 
@@ -407,7 +405,6 @@ impl Results {
     /// The next `want` distinct results; fails when none arrives for `stall`.
     async fn collect(&mut self, want: usize, stall: Duration) -> anyhow::Result<Vec<Arrival>> {
         let mut arrived = Vec::with_capacity(want);
-        let mut unacked: Option<Received> = None;
         while arrived.len() < want {
             let received = match tokio::time::timeout(stall, self.stream.next()).await {
                 Ok(Some(received)) => received?,
@@ -429,15 +426,6 @@ impl Results {
                     .is_some()
                     .then_some(result.timings.instantiate_ns),
             });
-            unacked = Some(received);
-            if arrived.len() % Self::ACK_EVERY == 0 {
-                if let Some(last) = unacked.take() {
-                    self.stream.ack_up_to(last).await?;
-                }
-            }
-        }
-        if let Some(last) = unacked {
-            self.stream.ack_up_to(last).await?;
         }
         Ok(arrived)
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tokio::sync::watch;
-use warren::{Publisher, Received, ResultStream};
+use warren::{Publisher, ResultStream};
 use warren_schemas::args::{parse_duration, BrokerArgs};
 use warren_schemas::{BatchRef, ModuleRef, Task};
 use warren_tests::probe::http_get;
@@ -348,19 +348,17 @@ struct Answered {
     duplicates: usize,
 }
 
-/// Consumes results (the producer's [`ResultStream`], acked in batches) until `n` distinct
-/// tasks answered; fails when none arrives for 60 s.
+/// Consumes results (the producer's [`ResultStream`], settled by the broker on delivery) until
+/// `n` distinct tasks answered; fails when none arrives for 60 s.
 async fn consume_results(
     queues: &BenchQueues,
     n: usize,
     done: watch::Sender<usize>,
 ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<Answered>>> {
-    const ACK_EVERY: usize = 64;
-    let mut stream = ResultStream::consume(&queues.producer, &queues.replies, []).await?;
+    let mut stream = ResultStream::consume_settled(&queues.producer, &queues.replies).await?;
     Ok(async move {
         let stall = Duration::from_secs(60);
         let mut answered = Answered::default();
-        let mut unacked: Option<Received> = None;
         while answered.distinct < n {
             let received = match tokio::time::timeout(stall, stream.next()).await {
                 Ok(Some(received)) => received?,
@@ -371,16 +369,7 @@ async fn consume_results(
             if !received.result.outcome.is_success() {
                 answered.failed += 1;
             }
-            unacked = Some(received);
-            if answered.distinct % ACK_EVERY == 0 {
-                if let Some(last) = unacked.take() {
-                    stream.ack_up_to(last).await?;
-                }
-            }
             done.send_replace(answered.distinct);
-        }
-        if let Some(last) = unacked {
-            stream.ack_up_to(last).await?;
         }
         answered.duplicates = usize::try_from(stream.duplicates()).unwrap_or(usize::MAX);
         Ok(answered)

@@ -45,6 +45,9 @@ pub struct ResultStream {
     undecodable: u64,
     /// Duplicate results acked and dropped.
     duplicates: u64,
+    /// The broker settled each result as it sent it ([`ResultStream::consume_settled`]): acks
+    /// are not sent.
+    settled_on_delivery: bool,
 }
 
 impl ResultStream {
@@ -55,18 +58,36 @@ impl ResultStream {
         queue: &str,
         already_done: impl IntoIterator<Item = TaskId>,
     ) -> Result<Self> {
+        Self::start(producer, queue, already_done, false).await
+    }
+
+    /// Starts consuming `queue` with results settled by the broker as it sends them (`no_ack`),
+    /// for readers that only count results, such as the benchmarks: the broker does no ack
+    /// bookkeeping, and a reader that dies loses the results in flight. [`ResultStream::ack`]
+    /// does nothing on such a stream.
+    pub async fn consume_settled(producer: &Producer, queue: &str) -> Result<Self> {
+        Self::start(producer, queue, [], true).await
+    }
+
+    async fn start(
+        producer: &Producer,
+        queue: &str,
+        already_done: impl IntoIterator<Item = TaskId>,
+        settled_on_delivery: bool,
+    ) -> Result<Self> {
         let channel = producer.channel().await?;
-        channel
-            .basic_qos(RESULTS_PREFETCH, BasicQosOptions::default())
-            .await
-            .map_err(|e| ProducerError::broker("setting the results prefetch", e))?;
+        if !settled_on_delivery {
+            channel
+                .basic_qos(RESULTS_PREFETCH, BasicQosOptions::default())
+                .await
+                .map_err(|e| ProducerError::broker("setting the results prefetch", e))?;
+        }
+        let options = BasicConsumeOptions {
+            no_ack: settled_on_delivery,
+            ..BasicConsumeOptions::default()
+        };
         let consumer = channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+            .basic_consume(queue.into(), "".into(), options, FieldTable::default())
             .await
             .map_err(|e| ProducerError::broker(format!("consuming results from {queue}"), e))?;
         Ok(ResultStream {
@@ -75,6 +96,7 @@ impl ResultStream {
             seen: already_done.into_iter().collect(),
             undecodable: 0,
             duplicates: 0,
+            settled_on_delivery,
         })
     }
 
@@ -91,16 +113,21 @@ impl ResultStream {
                 Err(error) => {
                     self.undecodable += 1;
                     warn!(reason = error.label(), %error, "dropping a message in the results queue that is not a result");
-                    let _ = delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await;
+                    if !self.settled_on_delivery {
+                        let _ = delivery
+                            .acker
+                            .reject(BasicRejectOptions { requeue: false })
+                            .await;
+                    }
                     continue;
                 }
             };
             if !self.seen.insert(result.task_id) {
                 self.duplicates += 1;
                 debug!(task_id = %result.task_id, attempt = result.attempt, "duplicate result dropped");
+                if self.settled_on_delivery {
+                    continue;
+                }
                 if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                     return Some(Err(ProducerError::broker("acking a duplicate result", e)));
                 }
@@ -115,6 +142,9 @@ impl ResultStream {
 
     /// Acknowledges `received`: call it after the result is persisted.
     pub async fn ack(&mut self, received: Received) -> Result<()> {
+        if self.settled_on_delivery {
+            return Ok(());
+        }
         received
             .acker
             .ack(BasicAckOptions::default())
@@ -126,18 +156,6 @@ impl ResultStream {
                     e,
                 )
             })
-    }
-
-    /// Acknowledges `received` and every result yielded before it, in one `multiple` ack: for a
-    /// reader that persists (or, like the benchmarks, only counts) results in batches.
-    pub async fn ack_up_to(&mut self, received: Received) -> Result<()> {
-        let multiple = BasicAckOptions { multiple: true };
-        received.acker.ack(multiple).await.map(|_| ()).map_err(|e| {
-            ProducerError::broker(
-                format!("acking results up to task {}", received.result.task_id),
-                e,
-            )
-        })
     }
 
     /// Messages dropped because they were not results.
