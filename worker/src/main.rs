@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use warren_worker::daemon::{run, RunArgs};
+use warren_worker::daemon::RunArgs;
 use warren_worker::exec::{run_exec, ExecArgs};
 use warren_worker::process;
 
@@ -41,6 +41,6 @@ fn main() -> ExitCode {
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains.
 fn run_daemon(args: RunArgs) -> anyhow::Result<i32> {
-    process::runtime()?.block_on(run(args, process::shutdown_signal()))?;
+    process::serve(args, |runner| Box::new(runner))?;
     Ok(0)
 }

@@ -32,6 +32,15 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Runs the daemon with `executor` on [`runtime`] until SIGTERM or SIGINT, then drains: the
+/// whole life of a daemon binary after logging is set up.
+pub fn serve(
+    args: crate::daemon::RunArgs,
+    executor: impl FnOnce(crate::TaskRunner) -> Box<dyn crate::daemon::Execute>,
+) -> anyhow::Result<()> {
+    runtime()?.block_on(crate::daemon::run_with(args, executor, shutdown_signal()))
+}
+
 /// Completes on SIGTERM or SIGINT (Ctrl-C): the daemon's shutdown.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

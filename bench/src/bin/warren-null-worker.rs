@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use warren_bench::null::NullExecutor;
-use warren_worker::daemon::{run_with, Execute, RunArgs};
+use warren_worker::daemon::{Execute, RunArgs};
 use warren_worker::process;
 
 /// The warren daemon with a null executor: the broker-bound ceiling for benchmarks.
@@ -27,12 +27,7 @@ fn main() -> ExitCode {
             worker_id: runner.worker_id().to_owned(),
         })
     };
-    let ran = process::runtime()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| {
-            runtime.block_on(run_with(cli.run, executor, process::shutdown_signal()))
-        });
-    match ran {
+    match process::serve(cli.run, executor) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("warren-null-worker: error: {error:#}");

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use warren_schemas::{Task, TaskResult};
-use warren_worker::daemon::{run_with, Execute, RunArgs};
+use warren_worker::daemon::{Execute, RunArgs};
 use warren_worker::{process, TaskRunner};
 
 /// The warren daemon, with a fault injected: tasks for one module abort the process.
@@ -45,12 +45,7 @@ fn main() -> ExitCode {
     process::init_logging();
     let module = cli.crash_on_module;
     let executor = move |runner| -> Box<dyn Execute> { Box::new(CrashOnModule { module, runner }) };
-    let ran = process::runtime()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| {
-            runtime.block_on(run_with(cli.run, executor, process::shutdown_signal()))
-        });
-    match ran {
+    match process::serve(cli.run, executor) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("warren-crash-worker: error: {error:#}");
