@@ -7,7 +7,7 @@
 
 use wasmtime::{Extern, ExternType, Instance, Module, ModuleExport, Store, TypedFunc};
 
-use super::state::SandboxState;
+use super::SandboxState;
 
 /// `_start` and (when there is one) `memory` of one compiled module.
 #[derive(Clone)]

@@ -15,9 +15,9 @@
 //! "Decisions").
 
 mod exports;
+mod limiter;
 mod outcome;
 mod output;
-mod state;
 mod swap_scrub;
 mod table_pool;
 mod wasi;
@@ -27,17 +27,36 @@ use std::time::{Duration, Instant};
 use tracing::{error, info};
 
 use warren_schemas::{Outcome, TaskLimits};
-use wasmtime::{Engine, InstancePre, Linker, Module, Store};
+use wasmtime::{Engine, InstancePre, Linker, Memory, Module, Store};
 
 use crate::config::SandboxConfig;
 use crate::engine::{build_engine, start_epoch_ticker, Allocation, EngineError};
 
 pub use exports::GuestExports;
+pub use limiter::TaskLimiter;
 pub use output::{OutputCapture, OutputLimitExceeded, OverflowPolicy};
-pub use state::{SandboxState, TaskLimiter};
 pub use swap_scrub::{ResetMethod, SwapScrub};
 use table_pool::TablePool;
+use wasi::{CommandLine, Stdio};
 pub use wasi::{GuestExit, WallClockExceeded};
+
+/// What a store holds for one task: the guest's WASI state, the memory limiter and the task's
+/// deadline.
+pub struct SandboxState {
+    /// argv and environment.
+    pub(crate) command_line: CommandLine,
+    /// stdin, stdout and stderr: the guest's only descriptors.
+    pub(crate) stdio: Stdio,
+    /// Enforces the task's memory and table limits and remembers a refused growth.
+    pub(crate) limiter: TaskLimiter,
+    /// The guest's exported memory, once instantiated: host calls use it without looking the
+    /// export up by name.
+    pub(crate) memory: Option<Memory>,
+    /// Zero of the guest's monotonic clock; absolute monotonic sleeps are relative to it.
+    pub(crate) clock_origin: Instant,
+    /// Wall-clock instant at which blocking host calls stop waiting and the task times out.
+    pub(crate) deadline: Instant,
+}
 
 /// The engines (one per shard), their WASI linkers and the caps every task runs under.
 pub struct Sandbox {

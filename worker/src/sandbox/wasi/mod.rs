@@ -32,7 +32,7 @@ pub use exit::GuestExit;
 pub use poll::WallClockExceeded;
 pub use stdio::Stdio;
 
-use super::state::SandboxState;
+use super::SandboxState;
 
 /// The module name every preview-1 import uses.
 const WASI: &str = "wasi_snapshot_preview1";

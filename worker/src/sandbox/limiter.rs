@@ -1,28 +1,6 @@
-//! What a store holds for one task: the guest's WASI state, the memory limiter and the task's
-//! deadline.
+//! The store's resource limiter: caps one task's linear memory and tables.
 
-use std::time::Instant;
-
-use wasmtime::{Memory, ResourceLimiter};
-
-use super::wasi::{CommandLine, Stdio};
-
-/// Per-task store data.
-pub struct SandboxState {
-    /// argv and environment.
-    pub(crate) command_line: CommandLine,
-    /// stdin, stdout and stderr: the guest's only descriptors.
-    pub(crate) stdio: Stdio,
-    /// Enforces the task's memory and table limits and remembers a refused growth.
-    pub(crate) limiter: TaskLimiter,
-    /// The guest's exported memory, once instantiated: host calls use it without looking the
-    /// export up by name.
-    pub(crate) memory: Option<Memory>,
-    /// Zero of the guest's monotonic clock; absolute monotonic sleeps are relative to it.
-    pub(crate) clock_origin: Instant,
-    /// Wall-clock instant at which blocking host calls stop waiting and the task times out.
-    pub(crate) deadline: Instant,
-}
+use wasmtime::ResourceLimiter;
 
 /// Caps linear memory and table growth for one task.
 ///
