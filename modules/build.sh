@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds every guest module for wasm32-wasip1 and copies each .wasm to modules/dist/<name>.wasm,
-# printing one line per module with its size. Works from any directory. Quick when nothing
+# then builds the programs in COMPONENTS again for wasm32-wasip2 (WASI 0.2 components, the same
+# behaviour) as modules/dist/<name>-c.wasm; it prints one line per file with its size. Works from any directory. Quick when nothing
 # changed: cargo skips the build, and a file in dist/ is replaced only when its bytes differ,
 # so a worker hot-reloading dist/ sees no spurious changes.
 #
@@ -8,32 +9,51 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-target=wasm32-wasip1
+# Programs also shipped as components, named <name>-c: two useful ones and those the outcome
+# and contract tests need.
+COMPONENTS=(upper wc echo exit sleep spin membomb trap flood recurse escape lookup)
 
-if ! rustup target list --installed | grep -qx "$target"; then
-  echo "installing the $target target"
-  rustup target add "$target"
-fi
+for target in wasm32-wasip1 wasm32-wasip2; do
+  if ! rustup target list --installed | grep -qx "$target"; then
+    echo "installing the $target target"
+    rustup target add "$target"
+  fi
+done
 
 target_dir="${CARGO_TARGET_DIR:-$here/target}"
 locked=()
 if [[ -f "$here/Cargo.lock" ]]; then
   locked=(--locked)
 fi
-cargo build --quiet --release --target "$target" "${locked[@]}" \
+cargo build --quiet --release --target wasm32-wasip1 "${locked[@]}" \
+  --manifest-path "$here/Cargo.toml" --target-dir "$target_dir"
+bins=()
+for name in "${COMPONENTS[@]}"; do
+  bins+=(--bin "$name")
+done
+cargo build --quiet --release --target wasm32-wasip2 "${locked[@]}" "${bins[@]}" \
   --manifest-path "$here/Cargo.toml" --target-dir "$target_dir"
 
 dist="$here/dist"
 mkdir -p "$dist"
-# One module per src/bin/<name>.rs; naming them here (rather than globbing the target
-# directory) keeps a stale .wasm of a removed module out of dist/.
-for source in "$here"/src/bin/*.rs; do
-  name="$(basename "$source" .rs)"
-  wasm="$target_dir/$target/release/$name.wasm"
+
+# Copies $1 to dist/$2.wasm unless it is already there, and prints its size.
+install_guest() {
+  local wasm="$1" name="$2"
   if ! cmp -s "$wasm" "$dist/$name.wasm"; then
     # Copy then rename, so a watcher never sees a half-written module.
     cp "$wasm" "$dist/.$name.wasm.tmp"
     mv -f "$dist/.$name.wasm.tmp" "$dist/$name.wasm"
   fi
   printf '%-10s %10d bytes\n' "$name" "$(stat -c %s "$dist/$name.wasm")"
+}
+
+# One module per src/bin/<name>.rs; naming them here (rather than globbing the target
+# directory) keeps a stale .wasm of a removed module out of dist/.
+for source in "$here"/src/bin/*.rs; do
+  name="$(basename "$source" .rs)"
+  install_guest "$target_dir/wasm32-wasip1/release/$name.wasm" "$name"
+done
+for name in "${COMPONENTS[@]}"; do
+  install_guest "$target_dir/wasm32-wasip2/release/$name.wasm" "$name-c"
 done

@@ -11,6 +11,9 @@
 //!   `InstancePre`, dirty pages reset in place — one shard per measuring thread, as the daemon's
 //!   lanes run tasks.
 //!
+//! A component (such as `echo-c`, the `echo` program built for WASI 0.2) is measured with
+//! `c-warren` only: the baselines embed core modules.
+//!
 //! Each is measured on one thread and on all cores for `--duration`; instantiate p50/p99 come
 //! from the per-task instantiate timings, tasks/s from whole tasks.
 
@@ -21,6 +24,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use warren_schemas::args::parse_duration;
+use warren_worker::registry::GuestKind;
 use warren_worker::sandbox::{GuestCall, Sandbox};
 use warren_worker::{ModuleRegistry, ModuleSource, SandboxConfig};
 
@@ -39,7 +43,7 @@ pub struct InstantiateBenchArgs {
     pub duration: Duration,
 
     /// Modules to measure (names in the modules directory).
-    #[arg(long = "module", default_values_t = ["echo".to_string(), "lookup".to_string()])]
+    #[arg(long = "module", default_values_t = ["echo".to_string(), "echo-c".to_string(), "lookup".to_string()])]
     pub modules: Vec<String>,
 
     /// Only these strategies (`a-ondemand-copy-linker`, `b-ondemand-cow-pre`, `c-warren`);
@@ -109,9 +113,15 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
     let mut rows = Vec::new();
     for name in &args.modules {
         let path = args.source.modules_dir.join(format!("{name}.wasm"));
+        let component = std::fs::read(&path)
+            .map(|bytes| GuestKind::of(&bytes) == GuestKind::Component)
+            .unwrap_or(false);
         for strategy in STRATEGIES {
             if !args.strategies.is_empty() && !args.strategies.iter().any(|s| s == strategy.name())
             {
+                continue;
+            }
+            if component && matches!(strategy, Strategy::Baseline(..)) {
                 continue;
             }
             let measure = |task: &(dyn Fn(usize) -> anyhow::Result<Duration> + Sync)| {

@@ -144,3 +144,37 @@ fn a_wasm_stack_cap_above_the_thread_default_traps_instead_of_crashing() {
     );
     assert!(stderr.contains("stack overflow"), "{stderr}");
 }
+
+#[test]
+fn runs_components_like_modules() {
+    let output = exec(&["upper-c", "--input", "-"], b"shout");
+    assert_eq!(
+        (output.status.code(), output.stdout.as_slice()),
+        (Some(0), &b"SHOUT"[..]),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("module upper-c@"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = exec(
+        &["escape-c", "--env", "GREETING=hello", "--", "a", "b"],
+        b"",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("env GREETING: PRESENT=hello"), "{stdout}");
+    assert!(stdout.contains("args: escape-c a b"), "{stdout}");
+
+    let exit = exec(&["exit-c", "--", "7"], b"");
+    assert_eq!(exit.status.code(), Some(7), "{}", stderr(&exit));
+    let timeout = exec(&["spin-c", "--timeout", "100ms"], b"");
+    assert_eq!(timeout.status.code(), Some(124), "{}", stderr(&timeout));
+
+    let path = modules_dir().join("wc-c.wasm");
+    let by_path = exec(&[path.to_str().unwrap(), "--input", "-"], b"a b\n");
+    assert_eq!(by_path.stdout, b"1 2 4\n", "{}", stderr(&by_path));
+}

@@ -64,6 +64,49 @@ async fn batch_of_1000_inputs_yields_one_correct_output_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_components_yields_one_correct_output_each() {
+    let broker = TestBroker::new().await;
+    let worker = WorkerProcess::start(&broker.topology, 2, &[]);
+    let warren = WarrenCli::new(&broker.topology);
+    let dir = tempfile::tempdir().unwrap();
+    let (inputs, out) = (dir.path().join("in"), dir.path().join("out"));
+    write_inputs(&inputs, 500);
+
+    // `upper-c` is `upper` built as a WASI 0.2 component: the producer needs nothing new.
+    let output = tokio::task::block_in_place(|| {
+        warren.run(&[
+            "batch",
+            "upper-c",
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    });
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let records = assert_each_result_once(&out, upper_of(&inputs));
+    for (name, record) in &records {
+        assert_eq!(record["outcome"], "success", "{name}");
+        assert!(
+            record["module"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("upper-c@")),
+            "{name}: {record}"
+        );
+    }
+    assert!(stdout.contains("results     500 (success 500)"), "{stdout}");
+    let metrics = worker.metrics();
+    assert!(
+        metrics.contains("warren_tasks_total{module=\"upper-c\",outcome=\"success\"} 500"),
+        "{metrics}"
+    );
+    delete_queue(&results_queue(&out)).await;
+    drop(worker);
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_killed_midway_is_finished_by_collect_with_every_result_once() {
     let broker = TestBroker::new().await;
     let worker = WorkerProcess::start(&broker.topology, 2, &[]);

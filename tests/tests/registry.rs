@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use warren_schemas::{ModuleRef, Outcome, Task};
 use warren_tests::{module_path, registry, test_config, test_guest};
-use warren_worker::registry::ResolveError;
+use warren_worker::registry::{GuestKind, ResolveError};
 use warren_worker::watch::watch_modules;
 use warren_worker::{ModuleRegistry, TaskRunner};
 
@@ -28,17 +28,18 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 fn warm_cache_restart_compiles_nothing() {
     let modules = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    for name in ["echo", "wc", "lookup"] {
+    // Core modules and components side by side, in one cache.
+    for name in ["echo", "wc", "lookup", "echo-c", "lookup-c"] {
         copy_module(name, modules.path(), name);
     }
     let cold = registry(test_config(1), cache.path());
     let report = cold.load_dir(modules.path()).unwrap();
-    assert_eq!((report.loaded.len(), report.from_cache), (3, 0));
+    assert_eq!((report.loaded.len(), report.from_cache), (5, 0));
 
     // A new process (new engine, same configuration) finds every module in the cache.
     let warm = registry(test_config(1), cache.path());
     let report = warm.load_dir(modules.path()).unwrap();
-    assert_eq!((report.loaded.len(), report.from_cache), (3, 3));
+    assert_eq!((report.loaded.len(), report.from_cache), (5, 5));
     let files: Vec<String> = fs::read_dir(cache.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -46,9 +47,17 @@ fn warm_cache_restart_compiles_nothing() {
     let count = |suffix: &str| files.iter().filter(|f| f.ends_with(suffix)).count();
     assert_eq!(
         (files.len(), count(".cwasm"), count(".cwasm.sha256")),
-        (6, 3, 3),
+        (10, 5, 5),
         "one cache entry and its integrity record per module: {files:?}"
     );
+    let kind = |name: &str| warm.resolve(&ModuleRef::latest(name)).unwrap().kind();
+    assert_eq!(
+        (kind("echo"), kind("echo-c")),
+        (GuestKind::Module, GuestKind::Component)
+    );
+    let runner = TaskRunner::new(warm, "cache-test");
+    let result = runner.run_here(Task::new(ModuleRef::latest("lookup-c"), b"7\n".to_vec()), 1);
+    assert_eq!(result.outcome, Outcome::Success, "a cached component runs");
 }
 
 #[test]
@@ -93,6 +102,22 @@ fn broken_files_are_reported_and_skipped() {
     )
     .unwrap();
     fs::write(modules.path().join("ignored.txt"), b"not a module file").unwrap();
+    fs::copy(
+        test_guest("component_http_import.wat"),
+        modules.path().join("http-client.wasm"),
+    )
+    .unwrap();
+    fs::copy(
+        test_guest("component_not_a_command.wat"),
+        modules.path().join("library.wasm"),
+    )
+    .unwrap();
+    // A component header and nothing valid after it.
+    fs::write(
+        modules.path().join("cut.wasm"),
+        b"\x00asm\x0d\x00\x01\x00garbage",
+    )
+    .unwrap();
 
     let registry = registry(test_config(1), cache.path());
     let report = registry.load_dir(modules.path()).unwrap();
@@ -103,7 +128,7 @@ fn broken_files_are_reported_and_skipped() {
         report.loaded
     );
     let reasons: Vec<String> = report.failed.iter().map(|e| e.to_string()).collect();
-    assert_eq!(reasons.len(), 5, "{reasons:#?}");
+    assert_eq!(reasons.len(), 8, "{reasons:#?}");
     let importer = reasons
         .iter()
         .find(|r| r.contains("importer.wasm"))
@@ -114,6 +139,16 @@ fn broken_files_are_reported_and_skipped() {
     );
     let reactor = reasons.iter().find(|r| r.contains("reactor.wasm")).unwrap();
     assert!(reactor.contains("_start"), "{reactor}");
+    let http = reasons
+        .iter()
+        .find(|r| r.contains("http-client.wasm"))
+        .unwrap();
+    assert!(
+        http.contains("component") && http.contains("wasi:http/outgoing-handler@0.2.0"),
+        "the error names the component's import: {http}"
+    );
+    let library = reasons.iter().find(|r| r.contains("library.wasm")).unwrap();
+    assert!(library.contains("wasi:cli/run"), "{library}");
     assert!(registry.resolve(&ModuleRef::latest("echo")).is_ok());
 }
 
@@ -209,6 +244,82 @@ fn hot_reload_adds_replaces_and_removes_modules() {
     assert_eq!(run("job", b"abc").stdout, b"ABC");
 
     // Removed file: module gone.
+    fs::remove_file(dir.path().join("counter.wasm")).unwrap();
+    eventually("counter to unload", || {
+        registry.resolve(&ModuleRef::latest("counter")).is_err()
+    });
+    assert_eq!(
+        run("counter", b"").outcome,
+        Outcome::ModuleNotFound {
+            module: "counter".into()
+        }
+    );
+}
+
+#[test]
+fn components_hot_reload_and_pin_like_modules() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let registry: Arc<ModuleRegistry> = registry(test_config(2), cache.path());
+    copy_module("echo-c", dir.path(), "job");
+    registry.load_dir(dir.path()).unwrap();
+    let _watcher = watch_modules(registry.clone(), dir.path()).unwrap();
+    let runner = TaskRunner::new(registry.clone(), "reload-test");
+    let run = |name: &str, input: &[u8]| {
+        runner.run_here(Task::new(name.parse().unwrap(), input.to_vec()), 1)
+    };
+    assert_eq!(run("job", b"abc").stdout, b"abc");
+    let first = registry.resolve(&ModuleRef::latest("job")).unwrap();
+    assert_eq!(first.kind(), GuestKind::Component);
+
+    // A component appears without a restart.
+    copy_module("wc-c", dir.path(), "counter");
+    eventually("counter to load", || {
+        registry.resolve(&ModuleRef::latest("counter")).is_ok()
+    });
+    assert_eq!(run("counter", b"a b\n").stdout, b"1 2 4\n");
+
+    // Replaced by another component; the first stays pinnable.
+    let staged = dir.path().join(".job.staging");
+    fs::copy(module_path("upper-c"), &staged).unwrap();
+    fs::rename(&staged, dir.path().join("job.wasm")).unwrap();
+    eventually("job to be replaced", || {
+        registry
+            .resolve(&ModuleRef::latest("job"))
+            .map(|m| m.digest != first.digest)
+            .unwrap_or(false)
+    });
+    assert_eq!(run("job", b"abc").stdout, b"ABC");
+    assert_eq!(
+        run(&format!("job@{}", &first.digest[..10]), b"abc").stdout,
+        b"abc",
+        "the first version still runs when pinned"
+    );
+
+    // A name may change kind: the core module replaces the component.
+    fs::copy(module_path("wc"), &staged).unwrap();
+    fs::rename(&staged, dir.path().join("job.wasm")).unwrap();
+    eventually("job to become a module", || {
+        registry
+            .resolve(&ModuleRef::latest("job"))
+            .map(|m| m.kind() == GuestKind::Module)
+            .unwrap_or(false)
+    });
+    assert_eq!(run("job", b"x y").stdout, b"0 2 3\n");
+
+    // A broken component is reported; the previous good version keeps serving.
+    fs::write(
+        dir.path().join("counter.wasm"),
+        b"\x00asm\x0d\x00\x01\x00cut short",
+    )
+    .unwrap();
+    copy_module("echo-c", dir.path(), "marker");
+    eventually("marker to load after the broken write", || {
+        registry.resolve(&ModuleRef::latest("marker")).is_ok()
+    });
+    assert_eq!(run("counter", b"a b\n").stdout, b"1 2 4\n");
+
+    // Removed: gone.
     fs::remove_file(dir.path().join("counter.wasm")).unwrap();
     eventually("counter to unload", || {
         registry.resolve(&ModuleRef::latest("counter")).is_err()

@@ -26,20 +26,35 @@ fn assert_still_serving(runner: &TaskRunner) {
     assert_eq!(result.stdout, b"STILL HERE");
 }
 
+/// The programs the tests run as core modules (`name`) and, built for WASI 0.2, as components
+/// (`name-c`): the contract and every limit must hold for both kinds alike.
+fn kinds(program: &str) -> [String; 2] {
+    [program.to_owned(), format!("{program}-c")]
+}
+
 #[test]
 fn useful_modules_compute_the_right_answers() {
     let (runner, _cache) = runner();
-    let echo = run(&runner, task("echo", b"hello\x00world", &[]));
-    assert_eq!(
-        (echo.outcome, echo.stdout, echo.exit_code),
-        (Outcome::Success, b"hello\x00world".to_vec(), Some(0))
-    );
-
-    let upper = run(&runner, task("upper", "grüße, world".as_bytes(), &[]));
-    assert_eq!(upper.stdout, "GRüßE, WORLD".as_bytes());
-
-    let wc = run(&runner, task("wc", b"one two\nthree\n\n  four", &[]));
-    assert_eq!(String::from_utf8(wc.stdout).unwrap(), "3 4 21\n");
+    for echo in kinds("echo") {
+        let result = run(&runner, task(&echo, b"hello\x00world", &[]));
+        assert_eq!(
+            (result.outcome, result.stdout, result.exit_code),
+            (Outcome::Success, b"hello\x00world".to_vec(), Some(0)),
+            "{echo}"
+        );
+    }
+    for upper in kinds("upper") {
+        let result = run(&runner, task(&upper, "grüße, world".as_bytes(), &[]));
+        assert_eq!(result.stdout, "GRüßE, WORLD".as_bytes(), "{upper}");
+    }
+    for wc in kinds("wc") {
+        let result = run(&runner, task(&wc, b"one two\nthree\n\n  four", &[]));
+        assert_eq!(
+            String::from_utf8(result.stdout).unwrap(),
+            "3 4 21\n",
+            "{wc}"
+        );
+    }
 
     let input = b"the quick brown fox".repeat(1000);
     let sha = run(&runner, task("sha256", &input, &[]));
@@ -83,162 +98,208 @@ fn malformed_csv_is_a_nonzero_exit_not_a_crash() {
 #[test]
 fn lookup_reads_its_large_table_consistently() {
     let (runner, _cache) = runner();
-    let first = run(&runner, task("lookup", b"1\n2\n1\n", &[]));
-    assert_eq!(first.outcome, Outcome::Success);
-    let lines: Vec<&str> = std::str::from_utf8(&first.stdout)
-        .unwrap()
-        .lines()
-        .collect();
-    assert_eq!(lines.len(), 3);
-    assert!(
-        lines
-            .iter()
-            .all(|l| l.len() == 16 && l.bytes().all(|b| b.is_ascii_hexdigit())),
-        "{lines:?}"
+    let mut tables = Vec::new();
+    for lookup in kinds("lookup") {
+        let first = run(&runner, task(&lookup, b"1\n2\n1\n", &[]));
+        assert_eq!(first.outcome, Outcome::Success, "{lookup}");
+        let lines: Vec<String> = std::str::from_utf8(&first.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(lines.len(), 3, "{lookup}");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.len() == 16 && l.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{lookup}: {lines:?}"
+        );
+        assert_eq!(lines[0], lines[2], "{lookup}: same key, same entry");
+        assert_ne!(
+            lines[0], lines[1],
+            "{lookup}: different keys, different entries"
+        );
+        // A second instance sees the same (copy-on-write) table.
+        let again = run(&runner, task(&lookup, b"1\n", &[]));
+        assert_eq!(
+            again.stdout,
+            format!("{}\n", lines[0]).into_bytes(),
+            "{lookup}"
+        );
+        tables.push(lines);
+    }
+    assert_eq!(
+        tables[0], tables[1],
+        "the module and the component embed one table"
     );
-    assert_eq!(lines[0], lines[2], "same key, same entry");
-    assert_ne!(lines[0], lines[1], "different keys, different entries");
-    // A second instance sees the same (copy-on-write) table.
-    let again = run(&runner, task("lookup", b"1\n", &[]));
-    assert_eq!(again.stdout, format!("{}\n", lines[0]).into_bytes());
 }
 
 #[test]
 fn every_exit_code_is_reported_as_is() {
     let (runner, _cache) = runner();
-    for code in 0..=255 {
-        let result = run(&runner, task("exit", b"", &[&code.to_string()]));
-        let expected = if code == 0 {
-            Outcome::Success
-        } else {
-            Outcome::NonZeroExit { code }
-        };
-        assert_eq!(result.outcome, expected, "exit code {code}");
-        assert_eq!(result.exit_code, Some(code));
+    for exit in kinds("exit") {
+        for code in 0..=255 {
+            let result = run(&runner, task(&exit, b"", &[&code.to_string()]));
+            let expected = if code == 0 {
+                Outcome::Success
+            } else {
+                Outcome::NonZeroExit { code }
+            };
+            assert_eq!(result.outcome, expected, "{exit}: exit code {code}");
+            assert_eq!(result.exit_code, Some(code), "{exit}");
+        }
     }
 }
 
 #[test]
 fn panics_and_wasm_traps_are_trap_outcomes() {
     let (runner, _cache) = runner();
-    let panic = run(&runner, task("trap", b"", &[]));
-    assert!(
-        matches!(panic.outcome, Outcome::Trap { .. }),
-        "{:?}",
-        panic.outcome
-    );
-    assert!(
-        String::from_utf8_lossy(&panic.stderr).contains("boom"),
-        "the panic message reaches stderr"
-    );
-    for (arg, needle) in [
-        ("unreachable", "unreachable"),
-        ("divzero", "divide by zero"),
-    ] {
-        let result = run(&runner, task("trap", b"", &[arg]));
-        match &result.outcome {
-            Outcome::Trap { message } => assert!(message.contains(needle), "{arg}: {message}"),
-            other => panic!("{arg}: expected a trap, got {other:?}"),
+    for trap in kinds("trap") {
+        let panic = run(&runner, task(&trap, b"", &[]));
+        assert!(
+            matches!(panic.outcome, Outcome::Trap { .. }),
+            "{trap}: {:?}",
+            panic.outcome
+        );
+        assert!(
+            String::from_utf8_lossy(&panic.stderr).contains("boom"),
+            "{trap}: the panic message reaches stderr"
+        );
+        for (arg, needle) in [
+            ("unreachable", "unreachable"),
+            ("divzero", "divide by zero"),
+        ] {
+            let result = run(&runner, task(&trap, b"", &[arg]));
+            match &result.outcome {
+                Outcome::Trap { message } => {
+                    assert!(message.contains(needle), "{trap} {arg}: {message}")
+                }
+                other => panic!("{trap} {arg}: expected a trap, got {other:?}"),
+            }
         }
+        assert_still_serving(&runner);
     }
-    assert_still_serving(&runner);
 }
 
 #[test]
 fn unbounded_recursion_is_a_stack_overflow_trap() {
     let (runner, _cache) = runner();
-    let result = run(&runner, task("recurse", b"", &[]));
-    match &result.outcome {
-        Outcome::Trap { message } => assert!(message.contains("stack overflow"), "{message}"),
-        other => panic!("expected a stack overflow, got {other:?}"),
+    for recurse in kinds("recurse") {
+        let result = run(&runner, task(&recurse, b"", &[]));
+        match &result.outcome {
+            Outcome::Trap { message } => {
+                assert!(message.contains("stack overflow"), "{recurse}: {message}")
+            }
+            other => panic!("{recurse}: expected a stack overflow, got {other:?}"),
+        }
+        assert_still_serving(&runner);
     }
-    assert_still_serving(&runner);
 }
 
 #[test]
 fn cpu_deadline_obeyed() {
     let (runner, _cache) = runner();
-    let mut bounded = task("spin", b"", &["20"]);
-    bounded.limits.timeout_ms = Some(5_000);
-    let result = run(&runner, bounded);
-    assert_eq!(
-        (result.outcome, result.stdout),
-        (Outcome::Success, b"done\n".to_vec())
-    );
+    for spin in kinds("spin") {
+        let mut bounded = task(&spin, b"", &["20"]);
+        bounded.limits.timeout_ms = Some(5_000);
+        let result = run(&runner, bounded);
+        assert_eq!(
+            (result.outcome, result.stdout),
+            (Outcome::Success, b"done\n".to_vec()),
+            "{spin}"
+        );
+    }
 }
 
 #[test]
 fn cpu_deadline_violated() {
     let (runner, _cache) = runner();
-    let mut forever = task("spin", b"", &[]);
-    forever.limits.timeout_ms = Some(100);
-    let result = run(&runner, forever);
-    assert_eq!(result.outcome, Outcome::Timeout { limit_ms: 100 });
-    assert_still_serving(&runner);
+    for spin in kinds("spin") {
+        let mut forever = task(&spin, b"", &[]);
+        forever.limits.timeout_ms = Some(100);
+        let result = run(&runner, forever);
+        assert_eq!(result.outcome, Outcome::Timeout { limit_ms: 100 }, "{spin}");
+        assert_still_serving(&runner);
+    }
 }
 
 #[test]
 fn sleeping_guest_obeys_the_deadline() {
     let (runner, _cache) = runner();
-    let mut short = task("sleep", b"woke", &["30"]);
-    short.limits.timeout_ms = Some(5_000);
-    let result = run(&runner, short);
-    assert_eq!(
-        (result.outcome, result.stdout),
-        (Outcome::Success, b"woke".to_vec())
-    );
-    assert!(
-        result.timings.run_ns >= 30_000_000,
-        "the guest really slept"
-    );
+    for sleep in kinds("sleep") {
+        let mut short = task(&sleep, b"woke", &["30"]);
+        short.limits.timeout_ms = Some(5_000);
+        let result = run(&runner, short);
+        assert_eq!(
+            (result.outcome, result.stdout),
+            (Outcome::Success, b"woke".to_vec()),
+            "{sleep}"
+        );
+        assert!(
+            result.timings.run_ns >= 30_000_000,
+            "{sleep}: the guest really slept"
+        );
+    }
 }
 
 #[test]
 fn sleeping_past_the_deadline_is_a_timeout() {
     let (runner, _cache) = runner();
-    let mut long = task("sleep", b"", &["600000"]);
-    long.limits.timeout_ms = Some(150);
-    let result = run(&runner, long);
-    assert_eq!(result.outcome, Outcome::Timeout { limit_ms: 150 });
-    // Ten minutes asked, stopped at the deadline: the executor thread was not held hostage.
-    assert!(
-        result.timings.run_ns < 60_000_000_000,
-        "run took {} ns",
-        result.timings.run_ns
-    );
-    assert_still_serving(&runner);
+    for sleep in kinds("sleep") {
+        let mut long = task(&sleep, b"", &["600000"]);
+        long.limits.timeout_ms = Some(150);
+        let result = run(&runner, long);
+        assert_eq!(
+            result.outcome,
+            Outcome::Timeout { limit_ms: 150 },
+            "{sleep}"
+        );
+        // Ten minutes asked, stopped at the deadline: the executor thread was not held hostage.
+        assert!(
+            result.timings.run_ns < 60_000_000_000,
+            "{sleep}: run took {} ns",
+            result.timings.run_ns
+        );
+        assert_still_serving(&runner);
+    }
 }
 
 #[test]
 fn memory_limit_obeyed() {
     // lookup's 24 MiB table needs a memory above 24 MiB.
     let (runner, _cache) = runner();
-    let mut roomy = task("lookup", b"3\n", &[]);
-    roomy.limits.max_memory_bytes = Some(64 << 20);
-    assert_eq!(run(&runner, roomy).outcome, Outcome::Success);
+    for lookup in kinds("lookup") {
+        let mut roomy = task(&lookup, b"3\n", &[]);
+        roomy.limits.max_memory_bytes = Some(64 << 20);
+        assert_eq!(run(&runner, roomy).outcome, Outcome::Success, "{lookup}");
+    }
 }
 
 #[test]
 fn memory_limit_violated_at_instantiation_and_at_runtime() {
     let (runner, _cache) = runner();
-    let mut tight = task("lookup", b"3\n", &[]);
-    tight.limits.max_memory_bytes = Some(16 << 20);
-    assert_eq!(
-        run(&runner, tight).outcome,
-        Outcome::MemoryLimitExceeded {
-            limit_bytes: 16 << 20
-        }
-    );
+    for (lookup, membomb) in kinds("lookup").into_iter().zip(kinds("membomb")) {
+        let mut tight = task(&lookup, b"3\n", &[]);
+        tight.limits.max_memory_bytes = Some(16 << 20);
+        assert_eq!(
+            run(&runner, tight).outcome,
+            Outcome::MemoryLimitExceeded {
+                limit_bytes: 16 << 20
+            },
+            "{lookup}"
+        );
 
-    let mut bomb = task("membomb", b"", &[]);
-    bomb.limits.max_memory_bytes = Some(32 << 20);
-    assert_eq!(
-        run(&runner, bomb).outcome,
-        Outcome::MemoryLimitExceeded {
-            limit_bytes: 32 << 20
-        }
-    );
-    assert_still_serving(&runner);
+        let mut bomb = task(&membomb, b"", &[]);
+        bomb.limits.max_memory_bytes = Some(32 << 20);
+        assert_eq!(
+            run(&runner, bomb).outcome,
+            Outcome::MemoryLimitExceeded {
+                limit_bytes: 32 << 20
+            },
+            "{membomb}"
+        );
+        assert_still_serving(&runner);
+    }
 }
 
 #[test]
@@ -247,93 +308,112 @@ fn memory_bomb_is_stopped_by_the_worker_cap() {
         max_memory: 48 << 20,
         ..test_config(1)
     });
-    let result = run(&runner, task("membomb", b"", &[]));
-    assert_eq!(
-        result.outcome,
-        Outcome::MemoryLimitExceeded {
-            limit_bytes: 48 << 20
-        }
-    );
+    for membomb in kinds("membomb") {
+        let result = run(&runner, task(&membomb, b"", &[]));
+        assert_eq!(
+            result.outcome,
+            Outcome::MemoryLimitExceeded {
+                limit_bytes: 48 << 20
+            },
+            "{membomb}"
+        );
+    }
 }
 
 #[test]
 fn output_limit_obeyed() {
     let (runner, _cache) = runner();
-    let mut exact = task("echo", &[b'x'; 1000], &[]);
-    exact.limits.max_output_bytes = Some(1000);
-    let result = run(&runner, exact);
-    assert_eq!(
-        (result.outcome, result.stdout.len()),
-        (Outcome::Success, 1000)
-    );
+    for echo in kinds("echo") {
+        let mut exact = task(&echo, &[b'x'; 1000], &[]);
+        exact.limits.max_output_bytes = Some(1000);
+        let result = run(&runner, exact);
+        assert_eq!(
+            (result.outcome, result.stdout.len()),
+            (Outcome::Success, 1000),
+            "{echo}"
+        );
+    }
 }
 
 #[test]
 fn output_limit_violated() {
     let (runner, _cache) = runner();
-    let mut over = task("echo", &[b'x'; 1001], &[]);
-    over.limits.max_output_bytes = Some(1000);
-    assert_eq!(
-        run(&runner, over).outcome,
-        Outcome::OutputLimitExceeded { limit_bytes: 1000 }
-    );
+    for (echo, flood) in kinds("echo").into_iter().zip(kinds("flood")) {
+        let mut over = task(&echo, &[b'x'; 1001], &[]);
+        over.limits.max_output_bytes = Some(1000);
+        assert_eq!(
+            run(&runner, over).outcome,
+            Outcome::OutputLimitExceeded { limit_bytes: 1000 },
+            "{echo}"
+        );
 
-    let mut flood = task("flood", b"", &[]);
-    flood.limits.max_output_bytes = Some(1 << 20);
-    let result = run(&runner, flood);
-    assert_eq!(
-        result.outcome,
-        Outcome::OutputLimitExceeded {
-            limit_bytes: 1 << 20
-        }
-    );
-    assert!(result.stdout.len() <= 1 << 20);
-    assert_still_serving(&runner);
+        let mut flood_task = task(&flood, b"", &[]);
+        flood_task.limits.max_output_bytes = Some(1 << 20);
+        let result = run(&runner, flood_task);
+        assert_eq!(
+            result.outcome,
+            Outcome::OutputLimitExceeded {
+                limit_bytes: 1 << 20
+            },
+            "{flood}"
+        );
+        assert!(result.stdout.len() <= 1 << 20, "{flood}");
+        assert_still_serving(&runner);
+    }
 }
 
 #[test]
 fn stderr_flood_is_truncated_and_ends_at_the_deadline() {
     let (runner, _cache) = runner();
-    let mut flood = task("flood", b"", &["stderr"]);
-    flood.limits.timeout_ms = Some(300);
-    let result = run(&runner, flood);
-    assert_eq!(result.outcome, Outcome::Timeout { limit_ms: 300 });
-    assert!(result.stderr_truncated);
-    assert_eq!(
-        result.stderr.len() as u64,
-        warren_worker::config::DEFAULT_MAX_STDERR
-    );
+    for flood in kinds("flood") {
+        let mut flood_task = task(&flood, b"", &["stderr"]);
+        flood_task.limits.timeout_ms = Some(300);
+        let result = run(&runner, flood_task);
+        assert_eq!(
+            result.outcome,
+            Outcome::Timeout { limit_ms: 300 },
+            "{flood}"
+        );
+        assert!(result.stderr_truncated, "{flood}");
+        assert_eq!(
+            result.stderr.len() as u64,
+            warren_worker::config::DEFAULT_MAX_STDERR,
+            "{flood}"
+        );
+    }
 }
 
 #[test]
 fn escape_attempts_fail_inside_the_sandbox() {
     let (runner, _cache) = runner();
-    let mut attempt = task("escape", b"", &["--flag", "two words"]);
-    attempt.env = vec![("GREETING".into(), "hi".into())];
-    let result = run(&runner, attempt);
-    let report = String::from_utf8(result.stdout.clone()).unwrap();
-    assert_eq!(
-        result.outcome,
-        Outcome::Success,
-        "something escaped:\n{report}"
-    );
-    assert!(report.contains("file /etc/passwd: denied"), "{report}");
-    assert!(report.contains("file .: denied"), "{report}");
-    assert!(report.contains("env HOME: absent"), "{report}");
-    assert!(report.contains("env AMQP_URL: absent"), "{report}");
-    assert!(
-        report.contains("env GREETING: PRESENT=hi"),
-        "explicit env reaches the guest: {report}"
-    );
-    assert!(
-        report.contains("env count: 1"),
-        "only the task's env is visible: {report}"
-    );
-    assert!(report.contains("socket 127.0.0.1:5672: denied"), "{report}");
-    assert!(
-        report.contains("args: escape --flag two words"),
-        "argv[0] is the module name: {report}"
-    );
+    for escape in kinds("escape") {
+        let mut attempt = task(&escape, b"", &["--flag", "two words"]);
+        attempt.env = vec![("GREETING".into(), "hi".into())];
+        let result = run(&runner, attempt);
+        let report = String::from_utf8(result.stdout.clone()).unwrap();
+        assert_eq!(
+            result.outcome,
+            Outcome::Success,
+            "{escape}: something escaped:\n{report}"
+        );
+        assert!(report.contains("file /etc/passwd: denied"), "{report}");
+        assert!(report.contains("file .: denied"), "{report}");
+        assert!(report.contains("env HOME: absent"), "{report}");
+        assert!(report.contains("env AMQP_URL: absent"), "{report}");
+        assert!(
+            report.contains("env GREETING: PRESENT=hi"),
+            "explicit env reaches the guest: {report}"
+        );
+        assert!(
+            report.contains("env count: 1"),
+            "only the task's env is visible: {report}"
+        );
+        assert!(report.contains("socket 127.0.0.1:5672: denied"), "{report}");
+        assert!(
+            report.contains(&format!("args: {escape} --flag two words")),
+            "argv[0] is the module name: {report}"
+        );
+    }
 }
 
 #[test]

@@ -7,10 +7,11 @@
 //! a time on its own shard.
 //!
 //! # Memory cost
-//! Each shard's pool has [`SandboxConfig::warm_modules`] slots and reserves, up front, *virtual*
-//! address space of `memory_reservation + memory_guard` per slot: in all
-//! `max_concurrent_tasks × warm_modules × (memory_reservation + memory_guard)` (default on a
-//! 2-core machine: 2 × 4 × (4 GiB + 32 MiB) ≈ 32 GiB virtual, nothing resident). Resident memory
+//! Each shard's pool has [`SandboxConfig::memory_slots`] memory slots (`warm_modules ×
+//! max_memories_per_component`) and reserves, up front, *virtual* address space of
+//! `memory_reservation + memory_guard` per slot: in all `max_concurrent_tasks × warm_modules ×
+//! max_memories_per_component × (memory_reservation + memory_guard)` (default on a 2-core
+//! machine: 2 × 4 × 2 × (4 GiB + 32 MiB) ≈ 64 GiB virtual, nothing resident). Resident memory
 //! grows only with what guests touch, up to `max_concurrent_tasks × max_memory` for running
 //! tasks plus up to `keep_resident` per idle warm slot. If the reservation fails (`ulimit -v`,
 //! `vm.overcommit_memory=2`), lower `--warm-modules`, `--max-concurrent-tasks` or
@@ -37,6 +38,16 @@ pub const DEFAULT_MEMORY_GUARD: u64 = 32 << 20;
 pub const DEFAULT_TABLE_ELEMENTS: usize = 20_000;
 /// Default cap on an instance's runtime state (`VMContext`): 1 MiB.
 pub const DEFAULT_MAX_CORE_INSTANCE_SIZE: u64 = 1 << 20;
+/// Default cap on the core instances one component creates: 32 (its modules, and the shims and
+/// adapters its toolchain adds).
+pub const DEFAULT_MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+/// Default cap on linear memories per component: 2 (one for the program, one for an adapter).
+pub const DEFAULT_MAX_MEMORIES_PER_COMPONENT: u32 = 2;
+/// Default cap on tables per component: 8 (a shim table per lowered import group, plus the
+/// program's).
+pub const DEFAULT_MAX_TABLES_PER_COMPONENT: u32 = 8;
+/// Default cap on a component instance's runtime state (`VMComponentContext`): 1 MiB.
+pub const DEFAULT_MAX_COMPONENT_INSTANCE_SIZE: u64 = 1 << 20;
 /// Default guest call-stack cap: 512 KiB (deeper recursion traps as a stack overflow).
 pub const DEFAULT_MAX_WASM_STACK: u64 = 512 << 10;
 /// Host stack a guest-running thread has beyond `--max-wasm-stack`: the host frames below and
@@ -91,6 +102,28 @@ pub struct SandboxConfig {
     #[arg(long, env = "WARREN_MAX_CORE_INSTANCE_SIZE", default_value = "1MiB", value_parser = parse_bytes)]
     pub max_core_instance_size: u64,
 
+    /// Core instances one component task may create (its modules, shims and adapters); a
+    /// component needing more fails to load. Each lane's pool holds this many instance states
+    /// of `max-core-instance-size` (virtual memory).
+    #[arg(long, env = "WARREN_MAX_CORE_INSTANCES_PER_COMPONENT", default_value_t = DEFAULT_MAX_CORE_INSTANCES_PER_COMPONENT, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_core_instances_per_component: u32,
+
+    /// Linear memories one component may define; a component needing more fails to load. Each
+    /// lane's pool has `warm-modules × this` memory slots, each costing `memory-reservation +
+    /// memory-guard` of virtual memory. The memory limit applies to their sum.
+    #[arg(long, env = "WARREN_MAX_MEMORIES_PER_COMPONENT", default_value_t = DEFAULT_MAX_MEMORIES_PER_COMPONENT, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_memories_per_component: u32,
+
+    /// Tables one component may define; a component needing more fails to load. Each lane's
+    /// pool has this many table slots of `table-elements × 8` bytes (virtual memory).
+    #[arg(long, env = "WARREN_MAX_TABLES_PER_COMPONENT", default_value_t = DEFAULT_MAX_TABLES_PER_COMPONENT, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tables_per_component: u32,
+
+    /// Largest runtime state (`VMComponentContext`) of one component instance; components
+    /// needing more fail to load.
+    #[arg(long, env = "WARREN_MAX_COMPONENT_INSTANCE_SIZE", default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_component_instance_size: u64,
+
     /// Guest call-stack size; deeper recursion ends the task as a stack-overflow trap.
     #[arg(long, env = "WARREN_MAX_WASM_STACK", default_value = "512KiB", value_parser = parse_bytes)]
     pub max_wasm_stack: u64,
@@ -126,6 +159,10 @@ impl Default for SandboxConfig {
             memory_guard: DEFAULT_MEMORY_GUARD,
             table_elements: DEFAULT_TABLE_ELEMENTS,
             max_core_instance_size: DEFAULT_MAX_CORE_INSTANCE_SIZE,
+            max_core_instances_per_component: DEFAULT_MAX_CORE_INSTANCES_PER_COMPONENT,
+            max_memories_per_component: DEFAULT_MAX_MEMORIES_PER_COMPONENT,
+            max_tables_per_component: DEFAULT_MAX_TABLES_PER_COMPONENT,
+            max_component_instance_size: DEFAULT_MAX_COMPONENT_INSTANCE_SIZE,
             max_wasm_stack: DEFAULT_MAX_WASM_STACK,
             warm_modules: DEFAULT_WARM_MODULES,
             keep_resident: DEFAULT_KEEP_RESIDENT,

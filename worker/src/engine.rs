@@ -28,14 +28,15 @@ pub enum EngineError {
     InvalidConfig(String),
     /// The pool's virtual memory could not be reserved.
     #[error(
-        "could not reserve the instance pool's virtual memory ({reserved_gib:.1} GiB for {slots} slots \
+        "could not reserve the instance pool's virtual memory ({reserved_gib:.1} GiB for {slots} memory slots \
          of memory-reservation + memory-guard): {source}. Lower --max-concurrent-tasks \
-         (WARREN_MAX_CONCURRENT_TASKS), --warm-modules (WARREN_WARM_MODULES) or \
+         (WARREN_MAX_CONCURRENT_TASKS), --warm-modules (WARREN_WARM_MODULES), \
+         --max-memories-per-component (WARREN_MAX_MEMORIES_PER_COMPONENT) or \
          --memory-reservation (WARREN_MEMORY_RESERVATION), or raise the process's virtual memory \
          limit (ulimit -v)"
     )]
     PoolReservation {
-        /// Instance slots asked for.
+        /// Memory slots asked for.
         slots: usize,
         /// Virtual memory that reservation needs, in GiB.
         reserved_gib: f64,
@@ -93,8 +94,10 @@ pub(crate) fn build_engine(
 }
 
 impl EngineError {
-    /// `slots` memory slots of `config`'s reservation + guard could not be reserved.
+    /// Pools of `slots` warm slots in all (`slots × max_memories_per_component` memory slots of
+    /// `config`'s reservation + guard) could not be reserved.
     pub fn pool_reservation(config: &SandboxConfig, slots: usize, source: wasmtime::Error) -> Self {
+        let slots = slots.saturating_mul(config.max_memories_per_component as usize);
         let per_slot = config.memory_reservation + config.memory_guard;
         EngineError::PoolReservation {
             slots,
@@ -104,22 +107,56 @@ impl EngineError {
     }
 }
 
-/// Every pool total derives from `slots`: one core instance, one memory and one table per task.
+/// How many of each thing a pool of `warm` slots holds. One task runs at a time on a pool, so it
+/// needs room for one task's instances and tables; memories are kept warm per slot, so a slot
+/// holds a module's memory or a component's `max_memories_per_component`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSize {
+    /// Component instances: one per slot.
+    pub component_instances: u32,
+    /// Core instances: one per slot, and at least one component's worth.
+    pub core_instances: u32,
+    /// Linear memories: `max_memories_per_component` per slot.
+    pub memories: u32,
+    /// Tables: one per slot, and at least one component's worth.
+    pub tables: u32,
+}
+
+impl PoolSize {
+    /// The pool of `warm` slots for `config`.
+    pub fn of(config: &SandboxConfig, warm: usize) -> Result<Self, EngineError> {
+        let warm = u32::try_from(warm)
+            .map_err(|_| EngineError::InvalidConfig("--warm-modules is too large".into()))?;
+        Ok(PoolSize {
+            component_instances: warm,
+            core_instances: warm.max(config.max_core_instances_per_component),
+            memories: warm.saturating_mul(config.max_memories_per_component),
+            tables: warm.max(config.max_tables_per_component),
+        })
+    }
+}
+
+/// Every pool total derives from `slots` ([`PoolSize`]).
 fn pool_config(
     config: &SandboxConfig,
     slots: usize,
 ) -> Result<PoolingAllocationConfig, EngineError> {
-    let slots = u32::try_from(slots)
-        .map_err(|_| EngineError::InvalidConfig("--max-concurrent-tasks is too large".into()))?;
+    let size = PoolSize::of(config, slots)?;
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_core_instances(slots)
-        .total_memories(slots)
-        .total_tables(slots)
-        // Components are not run; keep their part of the pool empty.
-        .total_component_instances(0)
+    pool.total_core_instances(size.core_instances)
+        .total_memories(size.memories)
+        .total_tables(size.tables)
+        .total_component_instances(size.component_instances)
         .total_stacks(0)
         .max_memories_per_module(1)
         .max_tables_per_module(1)
+        .max_core_instances_per_component(config.max_core_instances_per_component)
+        .max_memories_per_component(config.max_memories_per_component)
+        .max_tables_per_component(config.max_tables_per_component)
+        .max_component_instance_size(to_usize(
+            config.max_component_instance_size,
+            "--max-component-instance-size",
+        )?)
         .max_memory_size(to_usize(config.max_memory, "--max-memory")?)
         .table_elements(config.table_elements)
         .max_core_instance_size(to_usize(
@@ -132,7 +169,7 @@ fn pool_config(
         .table_keep_resident(to_usize(config.keep_resident, "--keep-resident")?)
         .pagemap_scan(Enabled::Auto)
         // A slot freed by module M is preferably handed to M again, keeping its CoW mapping warm.
-        .max_unused_warm_slots(slots);
+        .max_unused_warm_slots(size.memories);
     Ok(pool)
 }
 

@@ -1,5 +1,6 @@
 //! One task in one fresh sandbox: build the store, instantiate from a warm `InstancePre`, run
-//! `_start`, and turn whatever happened into an [`Execution`].
+//! `_start` (a module) or `wasi:cli/run` (a component, see [`component`]), and turn whatever
+//! happened into an [`Execution`].
 //!
 //! The guest sees exactly what the guest contract (modules/README.md) promises: stdin from the
 //! task, stdout/stderr captured in memory, argv = module name + the task's args, env = the
@@ -14,6 +15,7 @@
 //! whose instance state and dirtied pages were last used on another core (BENCHMARKS.md,
 //! "Decisions").
 
+pub mod component;
 mod exports;
 mod limiter;
 mod outcome;
@@ -27,16 +29,19 @@ use std::time::{Duration, Instant};
 use tracing::{error, info};
 
 use warren_schemas::{Outcome, TaskLimits};
+use wasmtime::component::Component;
 use wasmtime::{Engine, InstancePre, Linker, Memory, Module, Store};
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
 
 use crate::config::SandboxConfig;
-use crate::engine::{build_engine, start_epoch_ticker, Allocation, EngineError};
+use crate::engine::{build_engine, start_epoch_ticker, Allocation, EngineError, PoolSize};
+use component::ComponentState;
 
 pub use exports::GuestExports;
 pub use limiter::TaskLimiter;
 pub use output::{OutputCapture, OutputLimitExceeded, OverflowPolicy};
 pub use swap_scrub::{ResetMethod, SwapScrub};
-use table_pool::TablePool;
+use table_pool::PoolRegion;
 use wasi::{CommandLine, Stdio};
 pub use wasi::{GuestExit, WallClockExceeded};
 
@@ -66,25 +71,42 @@ pub struct Sandbox {
     swap_scrub: SwapScrub,
 }
 
-/// One engine with its own pool, and WASI linked for it. One task runs on it at a time.
+/// One engine with its own pool, and WASI linked for it (preview 1 for modules, 0.2 for
+/// components). One task runs on it at a time.
 struct Shard {
     engine: Engine,
     linker: Linker<SandboxState>,
+    components: wasmtime::component::Linker<ComponentState>,
     /// Where the pool's tables live, for the swap scrub.
-    tables: Option<TablePool>,
+    tables: Option<PoolRegion>,
+    /// Where the pool's memories live, for the swap scrub of component tasks.
+    memories: Option<PoolRegion>,
 }
 
-/// A module compiled for and linked into every shard: one warm `InstancePre` per shard, and
-/// where its entry point and memory are.
-pub struct WarmModule {
-    per_shard: Vec<(InstancePre<SandboxState>, GuestExports)>,
+/// A module or component compiled for and linked into every shard: one warm `InstancePre` per
+/// shard.
+pub enum WarmModule {
+    /// A core module, with where its entry point and memory are.
+    Core(Vec<(InstancePre<SandboxState>, GuestExports)>),
+    /// A `wasi:cli/command` component.
+    Component(Vec<CommandPre<ComponentState>>),
 }
 
 impl WarmModule {
-    /// The `InstancePre` for `shard`, and where its `_start` and `memory` are.
-    fn on(&self, shard: usize) -> &(InstancePre<SandboxState>, GuestExports) {
-        &self.per_shard[shard % self.per_shard.len()]
+    /// Whether this is a component.
+    pub fn is_component(&self) -> bool {
+        matches!(self, WarmModule::Component(_))
     }
+}
+
+/// What a run left behind, whichever kind of guest ran.
+struct Ran {
+    ended: wasmtime::Result<()>,
+    memory_limit_hit: bool,
+    stdout: Vec<u8>,
+    stderr: (Vec<u8>, bool),
+    instantiate: Duration,
+    run: Duration,
 }
 
 /// Address space a pool may reserve in all: a 47-bit user address space, half of it.
@@ -164,7 +186,9 @@ impl Sandbox {
     ) -> Result<Self, EngineError> {
         let count = config.concurrency();
         let slots = count.saturating_mul(config.warm_modules);
-        let per_slot = config.memory_reservation + config.memory_guard;
+        let per_slot = (config.memory_reservation + config.memory_guard)
+            .saturating_mul(u64::from(config.max_memories_per_component));
+        let size = PoolSize::of(&config, config.warm_modules)?;
         // Reported for the whole sandbox (every shard's slots), not for the one shard that failed.
         let pool_error = |source| EngineError::pool_reservation(&config, slots, source);
         if allocation == Allocation::Pooled
@@ -175,8 +199,8 @@ impl Sandbox {
             )));
         }
         let swap_scrub = SwapScrub::start();
-        let find_tables =
-            allocation == Allocation::Pooled && swap_scrub.available() && config.table_elements > 0;
+        let find_pools = allocation == Allocation::Pooled && swap_scrub.available();
+        let find_tables = find_pools && config.table_elements > 0;
         let shards = (0..count)
             .map(|_| {
                 let before = find_tables.then(table_pool::anonymous_mappings);
@@ -187,7 +211,7 @@ impl Sandbox {
                     other => other?,
                 };
                 let tables = before.and_then(|before| {
-                    let slots = config.warm_modules;
+                    let slots = size.tables as usize;
                     match table_pool::locate(&engine, slots, config.table_elements, &before) {
                         Ok(pool) => Some(pool),
                         Err(error) => {
@@ -196,13 +220,27 @@ impl Sandbox {
                         }
                     }
                 });
+                let max_memory = usize::try_from(config.max_memory).unwrap_or(usize::MAX);
+                let memories = find_pools
+                    .then(|| table_pool::locate_memories(&engine, size.memories as usize, max_memory))
+                    .and_then(|found| match found {
+                        Ok(pool) => Some(pool),
+                        Err(error) => {
+                            error!(%error, "cannot find the pool's memories: memory pages of component tasks in swap are not scrubbed");
+                            None
+                        }
+                    });
+                let link_error =
+                    |e: wasmtime::Error| EngineError::InvalidConfig(format!("cannot link WASI: {e:#}"));
                 let mut linker = Linker::new(&engine);
-                wasi::add_to_linker(&mut linker)
-                    .map_err(|e| EngineError::InvalidConfig(format!("cannot link WASI: {e:#}")))?;
+                wasi::add_to_linker(&mut linker).map_err(link_error)?;
+                let components = component::linker(&engine).map_err(link_error)?;
                 Ok(Shard {
                     engine,
                     linker,
+                    components,
                     tables,
+                    memories,
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
@@ -280,7 +318,27 @@ impl Sandbox {
                 Ok((shard.linker.instantiate_pre(module)?, exports))
             })
             .collect::<wasmtime::Result<_>>()?;
-        Ok(WarmModule { per_shard })
+        Ok(WarmModule::Core(per_shard))
+    }
+
+    /// [`Sandbox::prepare`] for a component (`components[i]` compiled for shard `i`): fails,
+    /// naming the import, when it needs something beyond `wasi:cli/command`, and when it is
+    /// not a command.
+    pub fn prepare_component(&self, components: &[Component]) -> wasmtime::Result<WarmModule> {
+        if components.len() != self.shards.len() {
+            wasmtime::bail!(
+                "{} compiled copies for {} shards",
+                components.len(),
+                self.shards.len()
+            );
+        }
+        let per_shard = self
+            .shards
+            .iter()
+            .zip(components)
+            .map(|(shard, component)| component::prepare(&shard.components, component))
+            .collect::<wasmtime::Result<_>>()?;
+        Ok(WarmModule::Component(per_shard))
     }
 
     /// The task's limits clamped to the worker's caps.
@@ -298,13 +356,41 @@ impl Sandbox {
     /// Runs `call` in a fresh instance of `module` on `shard`, which no other thread may be
     /// using at the same time.
     pub fn run(&self, shard: usize, module: &WarmModule, call: GuestCall) -> Execution {
-        let (pre, exports) = module.on(shard);
         if let Err(reason) = check_call(&call) {
             return Execution::refused(Outcome::InvalidTask { reason });
         }
         let limits = self.limits(&call.limits);
-        let mut store = self.new_store(self.shard(shard), call, &limits);
+        let ran = match module {
+            WarmModule::Core(per_shard) => {
+                let (pre, exports) = &per_shard[shard % per_shard.len()];
+                self.run_module(shard, pre, exports, call, &limits)
+            }
+            WarmModule::Component(per_shard) => {
+                let pre = &per_shard[shard % per_shard.len()];
+                self.run_component(shard, pre, call, &limits)
+            }
+        };
+        let (outcome, exit_code) = outcome::classify(ran.ended, ran.memory_limit_hit, &limits);
+        Execution {
+            outcome,
+            exit_code,
+            stdout: ran.stdout,
+            stderr: ran.stderr.0,
+            stderr_truncated: ran.stderr.1,
+            instantiate: ran.instantiate,
+            run: ran.run,
+        }
+    }
 
+    fn run_module(
+        &self,
+        shard: usize,
+        pre: &InstancePre<SandboxState>,
+        exports: &GuestExports,
+        call: GuestCall,
+        limits: &Limits,
+    ) -> Ran {
+        let mut store = self.new_store(self.shard(shard), call, limits);
         let started = Instant::now();
         let instance = pre.instantiate(&mut store);
         let instantiated = Instant::now();
@@ -321,19 +407,57 @@ impl Sandbox {
         let state = store.data_mut();
         let memory_limit_hit = state.limiter.memory_limit_hit;
         let (stdout, _) = state.stdio.stdout.take();
-        let (stderr, stderr_truncated) = state.stdio.stderr.take();
+        let stderr = state.stdio.stderr.take();
         // wasmtime resets the slot here; then whatever of it is in swap is discarded.
         drop(store);
         let tables = self.shard(shard).tables.map(|pool| (pool.start, pool.len));
         self.swap_scrub
             .after_reset(memory.into_iter().chain(tables));
-        let (outcome, exit_code) = outcome::classify(ended, memory_limit_hit, &limits);
-        Execution {
-            outcome,
-            exit_code,
+        Ran {
+            ended,
+            memory_limit_hit,
             stdout,
             stderr,
-            stderr_truncated,
+            instantiate: instantiated - started,
+            run: finished - instantiated,
+        }
+    }
+
+    fn run_component(
+        &self,
+        shard: usize,
+        pre: &CommandPre<ComponentState>,
+        call: GuestCall,
+        limits: &Limits,
+    ) -> Ran {
+        let on = self.shard(shard);
+        let (mut store, captures) = component::new_store(
+            &on.engine,
+            call,
+            limits,
+            self.config.max_stderr,
+            self.config.table_elements,
+        );
+        store.set_epoch_deadline(epoch_ticks(limits.timeout, self.config.epoch_tick));
+        let started = Instant::now();
+        let (ended, instantiated) = component::run(pre, &mut store);
+        let finished = Instant::now();
+        let memory_limit_hit = store.data().limiter.memory_limit_hit;
+        // wasmtime resets the slots here; the component's memories are not reachable one by
+        // one, so the scrub covers every memory slot of the pool.
+        drop(store);
+        let pools = [on.memories, on.tables];
+        self.swap_scrub.after_reset(
+            pools
+                .into_iter()
+                .flatten()
+                .map(|pool| (pool.start, pool.len)),
+        );
+        Ran {
+            ended,
+            memory_limit_hit,
+            stdout: captures.stdout.take().0,
+            stderr: captures.stderr.take(),
             instantiate: instantiated - started,
             run: finished - instantiated,
         }
@@ -356,11 +480,7 @@ impl Sandbox {
                 OutputCapture::new(limits.max_output, OverflowPolicy::Fail),
                 OutputCapture::new(self.config.max_stderr, OverflowPolicy::Truncate),
             ),
-            limiter: TaskLimiter {
-                max_memory: usize::try_from(limits.max_memory).unwrap_or(usize::MAX),
-                max_table_elements: self.config.table_elements,
-                memory_limit_hit: false,
-            },
+            limiter: TaskLimiter::new(limits.max_memory, self.config.table_elements),
             memory: None,
             clock_origin: origin,
             deadline: origin + limits.timeout,

@@ -1,4 +1,5 @@
-//! Where a shard's pool keeps its tables' elements, so the swap scrub can reach them.
+//! Where a shard's pool keeps its tables' elements and its linear memories, so the swap scrub can
+//! reach them.
 //!
 //! wasmtime gives an embedder no address for a table. Right after a shard's engine is built,
 //! [`locate`] takes every table slot of its pool with a probe instance that fills the first
@@ -6,6 +7,11 @@
 //! writable mappings that appeared with the engine for pages holding only that value. The slots
 //! found must lie exactly one table size apart and cover every slot; anything else is an error,
 //! never a guess.
+//!
+//! A module's memory is found through its export after each task; a component's core memories
+//! are not reachable from the embedder, so [`locate_memories`] takes every memory slot of the
+//! pool with a probe instance and reads where each memory starts: a component task's scrub
+//! covers every slot.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -15,12 +21,12 @@ use wasmtime::{Engine, Instance, Module, Store};
 
 use super::swap_scrub::page_size;
 
-/// A shard's table pool: `len` bytes at `start`, every table slot of the pool.
+/// Every slot of one of a shard's pools (tables or memories): `len` bytes at `start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TablePool {
+pub struct PoolRegion {
     /// First byte of the first slot.
     pub start: usize,
-    /// All slots together.
+    /// From there to the end of the last slot's usable part.
     pub len: usize,
 }
 
@@ -55,7 +61,7 @@ pub fn locate(
     slots: usize,
     table_elements: usize,
     before: &HashSet<(usize, usize)>,
-) -> Result<TablePool, String> {
+) -> Result<PoolRegion, String> {
     if table_elements == 0 || slots == 0 {
         return Err("the pool has no table slots".into());
     }
@@ -114,9 +120,39 @@ pub fn locate(
             "table slots found at {starts:x?}, expected {slots} slots {table_size} bytes apart"
         ));
     }
-    Ok(TablePool {
+    Ok(PoolRegion {
         start: first,
         len: slots * table_size,
+    })
+}
+
+/// Finds every memory slot of `engine`'s pool of `slots` memories, each usable up to
+/// `max_memory` bytes: the region from the first slot to the end of the last.
+pub fn locate_memories(
+    engine: &Engine,
+    slots: usize,
+    max_memory: usize,
+) -> Result<PoolRegion, String> {
+    let probe = Module::new(engine, r#"(module (memory (export "memory") 1))"#)
+        .map_err(|e| format!("probe: {e:#}"))?;
+    let mut stores = Vec::with_capacity(slots);
+    let mut starts = Vec::with_capacity(slots);
+    for _ in 0..slots {
+        let mut store = Store::new(engine, ());
+        let instance =
+            Instance::new(&mut store, &probe, &[]).map_err(|e| format!("probe: {e:#}"))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or("probe has no memory")?;
+        starts.push(memory.data_ptr(&store) as usize);
+        stores.push(store);
+    }
+    drop(stores);
+    let first = *starts.iter().min().ok_or("the pool has no memory slots")?;
+    let last = *starts.iter().max().ok_or("the pool has no memory slots")?;
+    Ok(PoolRegion {
+        start: first,
+        len: last - first + max_memory,
     })
 }
 
@@ -150,5 +186,15 @@ mod tests {
             let table_size = (elements * 8).div_ceil(page_size()) * page_size();
             assert_eq!(pool.len, slots * table_size, "{slots} × {elements}");
         }
+    }
+
+    #[test]
+    fn every_memory_slot_of_a_pool_is_covered() {
+        let config = SandboxConfig::default();
+        let engine = build_engine(&config, Allocation::Pooled, 2).unwrap();
+        let slots = crate::engine::PoolSize::of(&config, 2).unwrap().memories as usize;
+        let pool = locate_memories(&engine, slots, 1 << 20).unwrap();
+        let stride = (config.memory_reservation + config.memory_guard) as usize;
+        assert!(pool.len >= (slots - 1) * stride + (1 << 20), "{pool:?}");
     }
 }

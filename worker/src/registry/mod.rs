@@ -1,12 +1,15 @@
-//! The warm module registry: every module in the modules directory, compiled ahead of time,
-//! linked once into an `InstancePre`, and looked up by name on the hot path.
+//! The warm module registry: every module and component in the modules directory, compiled
+//! ahead of time, linked once into an `InstancePre`, and looked up by name on the hot path.
 //!
+//! - **Kinds**: core modules (WASI preview 1) and components (WASI 0.2 `wasi:cli/command`) sit
+//!   side by side and are told apart by their header ([`GuestKind`]); everything below applies
+//!   to both, and "module" means either.
 //! - **Identity** is name (the file stem) + sha256 of the bytes. Tasks ask for `name` (the newest
 //!   version) or `name@<digest prefix>` (an exact version; the last [`VERSIONS_KEPT`] versions of
 //!   a name stay loaded so pinned tasks keep working across an update).
-//! - **AOT cache**: `Engine::precompile_module` output is stored as `<digest>-<engine hash>.cwasm`
-//!   by [`AotCache`] and loaded with `Module::deserialize_open_file` into each of the sandbox's
-//!   shard engines; each maps the file, so copy-on-write memory images come straight from it
+//! - **AOT cache**: `Engine::precompile_module` (or `precompile_component`) output is stored as
+//!   `<digest>-<engine hash>.cwasm` by [`AotCache`] and loaded from the checked file
+//!   ([`Compiled::load_file`]) into each of the sandbox's shard engines; each maps the file, so copy-on-write memory images come straight from it
 //!   (and the page cache holds one copy). A restart with a warm cache compiles nothing. The
 //!   cache's files are native code run outside the sandbox: [`crate::aot_cache`] refuses a
 //!   directory other users could write, and any file not owned by the worker's user or not
@@ -30,7 +33,12 @@ use std::time::{Instant, SystemTime};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 use warren_schemas::{ModuleRef, ResolvedModule};
+use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
+
+mod artifact;
+
+pub use artifact::{Compiled, GuestKind};
 
 use crate::aot_cache::{AotCache, CacheError};
 use crate::sandbox::{Sandbox, WarmModule};
@@ -56,6 +64,15 @@ impl LoadedModule {
         ResolvedModule {
             name: self.name.clone(),
             digest: self.digest.clone(),
+        }
+    }
+
+    /// Whether it is a core module or a component.
+    pub fn kind(&self) -> GuestKind {
+        if self.warm.is_component() {
+            GuestKind::Component
+        } else {
+            GuestKind::Module
         }
     }
 
@@ -120,7 +137,7 @@ pub struct ScanReport {
 }
 
 /// A loaded module and whether it came from the AOT cache, or why it failed.
-type Compiled = Result<(Arc<LoadedModule>, bool), LoadError>;
+type Loaded = Result<(Arc<LoadedModule>, bool), LoadError>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
@@ -280,9 +297,9 @@ impl ModuleRegistry {
         Ok(report)
     }
 
-    fn compile_parallel(&self, paths: Vec<&Path>) -> Vec<Compiled> {
+    fn compile_parallel(&self, paths: Vec<&Path>) -> Vec<Loaded> {
         let next = AtomicUsize::new(0);
-        let slots: Vec<Mutex<Option<Compiled>>> = paths.iter().map(|_| Mutex::new(None)).collect();
+        let slots: Vec<Mutex<Option<Loaded>>> = paths.iter().map(|_| Mutex::new(None)).collect();
         let threads = num_cpus::get().min(paths.len());
         std::thread::scope(|scope| {
             for _ in 0..threads {
@@ -312,7 +329,7 @@ impl ModuleRegistry {
 
     /// Reads, hashes, compiles (or loads from cache) and links one file. The bool says whether
     /// the AOT cache was hit.
-    fn compile_file(&self, path: &Path) -> Compiled {
+    fn compile_file(&self, path: &Path) -> Loaded {
         let name = module_name(path).ok_or_else(|| LoadError::BadName {
             path: path.to_owned(),
             reason: "no UTF-8 file stem".into(),
@@ -333,13 +350,23 @@ impl ModuleRegistry {
             path: path.to_owned(),
             reason,
         };
-        let (modules, cached) = self
-            .cached_module(&bytes, &digest)
-            .map_err(|e| invalid(format!("{e:#}")))?;
-        let warm = self
-            .sandbox
-            .prepare(&modules)
-            .map_err(|e| invalid(format!("{e:#}")))?;
+        // The WebAssembly text format is accepted too (tests and hand-written guests); its
+        // kind shows once it is encoded. The digest stays that of the file's bytes.
+        let binary = wat::parse_bytes(&bytes).map_err(|e| invalid(format!("{e:#}")))?;
+        let bytes = binary.as_ref();
+        let kind = GuestKind::of(bytes);
+        let prepared = match kind {
+            GuestKind::Module => self
+                .cached::<Module>(bytes, &digest)
+                .and_then(|(modules, cached)| Ok((self.sandbox.prepare(&modules)?, cached))),
+            GuestKind::Component => {
+                self.cached::<Component>(bytes, &digest)
+                    .and_then(|(components, cached)| {
+                        Ok((self.sandbox.prepare_component(&components)?, cached))
+                    })
+            }
+        };
+        let (warm, cached) = prepared.map_err(|e| invalid(format!("{}: {e:#}", kind.label())))?;
         Ok((
             Arc::new(LoadedModule {
                 name,
@@ -351,21 +378,17 @@ impl ModuleRegistry {
         ))
     }
 
-    /// The module for `bytes` compiled for every shard, from the AOT cache when it has a
-    /// trusted entry for it.
-    fn cached_module(&self, bytes: &[u8], digest: &str) -> anyhow::Result<(Vec<Module>, bool)> {
-        // SAFETY (every `deserialize_open_file` below): the file is one `AotCache` opened and
-        // checked (owned by this user, not writable by others, in a directory only this user
-        // or root can change) and whose bytes match the record written when this worker
-        // stored `precompile_module` output for this module and engine — or the file
-        // `AotCache::store` just wrote. Nothing rewrites a cache file in place (stores rename),
-        // so the mapped bytes stay as checked. All shards share one configuration, so shard 0's
-        // artifact fits each.
-        let from_file = |file: &File| {
-            self.for_each_shard(|engine| unsafe {
-                Module::deserialize_open_file(engine, file.try_clone()?)
-            })
-        };
+    /// The module or component for `bytes` compiled for every shard, from the AOT cache when
+    /// it has a trusted entry for it.
+    fn cached<T: Compiled>(&self, bytes: &[u8], digest: &str) -> anyhow::Result<(Vec<T>, bool)> {
+        // SAFETY (every `load_file` below): the file is one `AotCache` opened and checked
+        // (owned by this user, not writable by others, in a directory only this user or root
+        // can change) and whose bytes match the record written when this worker stored
+        // `precompile` output for these bytes and engine — or the file `AotCache::store` just
+        // wrote. Nothing rewrites a cache file in place (stores rename), so the mapped bytes
+        // stay as checked. All shards share one configuration, so shard 0's artifact fits each.
+        let from_file =
+            |file: &File| self.for_each_shard(|engine| unsafe { T::load_file(engine, file) });
         match self.cache.load(digest) {
             Ok(Some(file)) => match from_file(&file) {
                 Ok(modules) => return Ok((modules, true)),
@@ -377,24 +400,23 @@ impl ModuleRegistry {
             Ok(None) => {}
             Err(rejected) => warn!(%rejected, "AOT cache entry not loaded; recompiling"),
         }
-        let compiled = self.sandbox.engine().precompile_module(bytes)?;
+        let compiled = T::precompile(self.sandbox.engine(), bytes)?;
         match self.cache.store(digest, &compiled) {
             Ok(file) => Ok((from_file(&file)?, false)),
             Err(error) => {
                 warn!(dir = %self.cache.dir().display(), error = format!("{error:#}"), "AOT cache not writable; keeping the module in memory only");
-                // SAFETY: `compiled` came from `precompile_module` on shard 0's engine just
-                // above, and every shard has its configuration.
-                let from_memory =
-                    |engine: &Engine| unsafe { Module::deserialize(engine, &compiled) };
+                // SAFETY: `compiled` came from `precompile` on shard 0's engine just above, and
+                // every shard has its configuration.
+                let from_memory = |engine: &Engine| unsafe { T::load_bytes(engine, &compiled) };
                 Ok((self.for_each_shard(from_memory)?, false))
             }
         }
     }
 
-    fn for_each_shard(
+    fn for_each_shard<T>(
         &self,
-        load: impl Fn(&Engine) -> wasmtime::Result<Module>,
-    ) -> wasmtime::Result<Vec<Module>> {
+        load: impl Fn(&Engine) -> wasmtime::Result<T>,
+    ) -> wasmtime::Result<Vec<T>> {
         self.sandbox.engines().map(load).collect()
     }
 
@@ -402,7 +424,7 @@ impl ModuleRegistry {
         let mut modules = self.modules.write().unwrap_or_else(|p| p.into_inner());
         let versions = modules.entry(module.name.clone()).or_default();
         versions.retain(|v| v.digest != module.digest);
-        info!(module = %module.short_ref(), path = %module.path.display(), "module ready");
+        info!(module = %module.short_ref(), kind = module.kind().label(), path = %module.path.display(), "module ready");
         versions.push(module);
         if versions.len() > VERSIONS_KEPT {
             versions.remove(0);
