@@ -11,7 +11,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # Programs also shipped as components, named <name>-c: two useful ones and those the outcome
 # and contract tests need.
-COMPONENTS=(upper wc echo exit sleep spin membomb trap flood recurse escape lookup)
+COMPONENTS=(upper wc echo exit sleep spin membomb trap flood recurse escape lookup probe)
 
 for target in wasm32-wasip1 wasm32-wasip2; do
   if ! rustup target list --installed | grep -qx "$target"; then

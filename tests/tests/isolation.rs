@@ -3,7 +3,9 @@
 //! pool slot — in a page of the data image, a heap page, a page after `memory.grow`, a table
 //! element and a global — with the default reset, with `--keep-resident 0`, and with two
 //! modules alternating in one slot. Then the same while the worker is paged out to real swap in
-//! the middle of the writing task (swap turned on after the worker started, and before).
+//! the middle of the writing task (swap turned on after the worker started, and before). And the
+//! same for component tasks (a data-image page, a heap page, a page after `memory.grow`), whose
+//! memories the sandbox cannot see one by one.
 
 use std::path::Path;
 use std::time::Duration;
@@ -32,6 +34,8 @@ enum Region {
 impl Region {
     const MEMORY_AND_TABLE: [Region; 4] =
         [Region::Image, Region::Heap, Region::Grown, Region::Table];
+    /// What the component probe (modules/src/bin/probe.rs) reaches.
+    const MEMORY: [Region; 3] = [Region::Image, Region::Heap, Region::Grown];
 
     fn letter(self) -> u8 {
         match self {
@@ -64,6 +68,18 @@ fn probe_modules() -> tempfile::TempDir {
     assert_ne!(wat, other, "the second module must differ from the first");
     std::fs::write(dir.path().join("probe-a.wasm"), wat).unwrap();
     std::fs::write(dir.path().join("probe-b.wasm"), other).unwrap();
+    dir
+}
+
+/// The component probe (`probe-c`: modules/src/bin/probe.rs built for WASI 0.2), in a modules
+/// directory for the worker.
+fn component_probe() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        warren_tests::module_path("probe-c"),
+        dir.path().join("probe-c.wasm"),
+    )
+    .unwrap();
     dir
 }
 
@@ -262,5 +278,46 @@ async fn a_task_never_sees_what_the_previous_task_wrote_when_the_worker_is_swapp
         }
         bench.broker.cleanup().await;
     }
+    drop(swap);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_task_never_sees_what_the_previous_task_wrote() {
+    let _machine = MACHINE.lock().await;
+    let modules = component_probe();
+    for args in [
+        &["--warm-modules", "1"][..],
+        &[][..],
+        &["--warm-modules", "1", "--keep-resident", "0"][..],
+    ] {
+        let bench = Bench::start(modules.path(), args).await;
+        for region in Region::MEMORY {
+            bench
+                .assert_isolated("probe-c", "probe-c", region, false)
+                .await;
+        }
+        bench.broker.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_task_never_sees_what_the_previous_task_wrote_when_the_worker_is_swapped_out() {
+    let _machine = MACHINE.lock().await;
+    let modules = component_probe();
+    let bench = Bench::start(modules.path(), &["--warm-modules", "1"]).await;
+    let Some(swap) = Swapfile::on_or_explain(256) else {
+        return;
+    };
+    for region in Region::MEMORY {
+        bench
+            .assert_isolated("probe-c", "probe-c", region, true)
+            .await;
+    }
+    let metrics = bench.worker.metrics();
+    assert!(
+        scrubbed_pages(&metrics) > 0,
+        "no page was found in swap after a reset: the secret never reached swap\n{metrics}"
+    );
+    bench.broker.cleanup().await;
     drop(swap);
 }

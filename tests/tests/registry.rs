@@ -331,3 +331,26 @@ fn components_hot_reload_and_pin_like_modules() {
         }
     );
 }
+
+#[test]
+fn a_component_beyond_the_pool_limits_fails_to_load_naming_the_flag() {
+    let modules = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    copy_module("echo-c", modules.path(), "echo-c");
+    copy_module("echo", modules.path(), "echo");
+    // Rust's wasm32-wasip2 components have two tables (the program's and a shim's).
+    let config = warren_worker::SandboxConfig {
+        max_tables_per_component: 1,
+        ..test_config(1)
+    };
+    let registry = registry(config, cache.path());
+    let report = registry.load_dir(modules.path()).unwrap();
+    assert_eq!(report.loaded.len(), 1, "the module still loads");
+    let reasons: Vec<String> = report.failed.iter().map(|e| e.to_string()).collect();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].contains("echo-c.wasm") && reasons[0].contains("--max-tables-per-component"),
+        "{}",
+        reasons[0]
+    );
+}

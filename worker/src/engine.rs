@@ -127,11 +127,18 @@ impl PoolSize {
     pub fn of(config: &SandboxConfig, warm: usize) -> Result<Self, EngineError> {
         let warm = u32::try_from(warm)
             .map_err(|_| EngineError::InvalidConfig("--warm-modules is too large".into()))?;
+        let memories = warm.saturating_mul(config.max_memories_per_component);
+        let tables = warm.max(config.max_tables_per_component);
         Ok(PoolSize {
             component_instances: warm,
-            core_instances: warm.max(config.max_core_instances_per_component),
-            memories: warm.saturating_mul(config.max_memories_per_component),
-            tables: warm.max(config.max_tables_per_component),
+            // At least one per memory and table slot too: the sandbox finds the pool's slots
+            // with a probe instance in each (`table_pool`).
+            core_instances: warm
+                .max(config.max_core_instances_per_component)
+                .max(memories)
+                .max(tables),
+            memories,
+            tables,
         })
     }
 }

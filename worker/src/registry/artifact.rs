@@ -92,6 +92,25 @@ impl Compiled for Component {
     }
 }
 
+/// The flag that raises the pool limit a component load error reports, if it reports one.
+pub fn pool_limit_flag(error: &str) -> Option<&'static str> {
+    if !error.contains("configured maximum") {
+        return None;
+    }
+    [
+        (
+            "core module instances",
+            "--max-core-instances-per-component",
+        ),
+        ("linear memories", "--max-memories-per-component"),
+        ("tables", "--max-tables-per-component"),
+        ("VMComponentContext", "--max-component-instance-size"),
+    ]
+    .into_iter()
+    .find(|(what, _)| error.contains(what))
+    .map(|(_, flag)| flag)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

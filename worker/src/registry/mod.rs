@@ -366,7 +366,16 @@ impl ModuleRegistry {
                     })
             }
         };
-        let (warm, cached) = prepared.map_err(|e| invalid(format!("{}: {e:#}", kind.label())))?;
+        let (warm, cached) = prepared.map_err(|error| {
+            let error = format!("{error:#}");
+            match artifact::pool_limit_flag(&error) {
+                Some(flag) => invalid(format!(
+                    "{}: {error} (the worker's pool limit: raise {flag})",
+                    kind.label()
+                )),
+                None => invalid(format!("{}: {error}", kind.label())),
+            }
+        })?;
         Ok((
             Arc::new(LoadedModule {
                 name,
