@@ -11,8 +11,9 @@
 //!   `InstancePre`, dirty pages reset in place — one shard per measuring thread, as the daemon's
 //!   lanes run tasks.
 //!
-//! A component (such as `echo-c`, the `echo` program built for WASI 0.2) is measured with
-//! `c-warren` only: the baselines embed core modules.
+//! A component (such as `echo-c`, the `echo` program built for WASI 0.2) runs the same
+//! strategies, the baselines through wasmtime-wasi's WASI 0.2
+//! ([`baseline_component`](crate::baseline_component)).
 //!
 //! Each is measured on one thread and on all cores for `--duration`; instantiate p50/p99 come
 //! from the per-task instantiate timings, tasks/s from whole tasks.
@@ -29,6 +30,7 @@ use warren_worker::sandbox::{GuestCall, Sandbox};
 use warren_worker::{ModuleRegistry, ModuleSource, SandboxConfig};
 
 use crate::baseline::{self, Instantiation};
+use crate::baseline_component::ComponentCommand;
 use crate::stats::percentile;
 
 /// Arguments of `warren-bench instantiate`.
@@ -121,9 +123,6 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
             {
                 continue;
             }
-            if component && matches!(strategy, Strategy::Baseline(..)) {
-                continue;
-            }
             let measure = |task: &(dyn Fn(usize) -> anyhow::Result<Duration> + Sync)| {
                 thread_counts
                     .iter()
@@ -131,6 +130,11 @@ pub fn run_instantiate_bench(args: &InstantiateBenchArgs) -> anyhow::Result<Vec<
                     .collect::<anyhow::Result<Vec<_>>>()
             };
             let measured = match strategy {
+                Strategy::Baseline(_, how) if component => {
+                    let engine = baseline::engine(&config, how == Instantiation::CowPre)?;
+                    let command = ComponentCommand::load(&engine, &path, &config)?;
+                    measure(&|_| command.run(how, INPUT))?
+                }
                 Strategy::Baseline(_, how) => {
                     let engine = baseline::engine(&config, how == Instantiation::CowPre)?;
                     let command = baseline::Command::load(&engine, &path, &config)?;

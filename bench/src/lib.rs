@@ -13,6 +13,7 @@
 //! - [`queue`]: tasks/s and latency through RabbitMQ, next to the null worker.
 //! - [`soak`]: many tasks through one worker process, watching for leaks.
 //! - [`baseline`]: stock wasmtime + wasmtime-wasi, the embedding the baselines run.
+//! - [`baseline_component`]: the same for `wasi:cli/command` components (WASI 0.2).
 //! - [`broker`]: a benchmark's own queues on the broker, deleted afterwards.
 //! - [`workers`]: worker processes on a benchmark's queues (the tests' helper).
 //! - [`null`]: the null executor behind `warren-null-worker`.
@@ -20,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod baseline;
+pub mod baseline_component;
 pub mod broker;
 pub mod executor;
 pub mod instantiate;
