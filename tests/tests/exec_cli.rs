@@ -127,7 +127,6 @@ fn an_impossible_pool_fails_startup_naming_the_knob() {
     assert!(message.contains("--max-concurrent-tasks"), "{message}");
     assert!(message.contains("--memory-reservation"), "{message}");
 
-    // Components' memories multiply the memory slots: 4 × 10 000 slots of 4 GiB is as far out.
     let output = exec(&["echo-c", "--max-memories-per-component", "10000"], b"");
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);

@@ -16,6 +16,8 @@ fn run(runner: &TaskRunner, module: &str) {
 fn warm_after_alternating(warm_modules: usize) -> u64 {
     let config = SandboxConfig {
         warm_modules,
+        // Else the pool keeps at least a component's two memory slots.
+        max_memories_per_component: 1,
         ..test_config(1)
     };
     let (runner, _cache) = runner_with(config);

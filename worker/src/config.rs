@@ -7,11 +7,11 @@
 //! a time on its own shard.
 //!
 //! # Memory cost
-//! Each shard's pool has [`SandboxConfig::memory_slots`] memory slots (`warm_modules ×
-//! max_memories_per_component`) and reserves, up front, *virtual* address space of
-//! `memory_reservation + memory_guard` per slot: in all `max_concurrent_tasks × warm_modules ×
-//! max_memories_per_component × (memory_reservation + memory_guard)` (default on a 2-core
-//! machine: 2 × 4 × 2 × (4 GiB + 32 MiB) ≈ 64 GiB virtual, nothing resident). Resident memory
+//! Each shard's pool has `max(warm_modules, max_memories_per_component)` memory slots and
+//! reserves, up front, *virtual* address space of `memory_reservation + memory_guard` per slot:
+//! in all `max_concurrent_tasks × max(warm_modules, max_memories_per_component) ×
+//! (memory_reservation + memory_guard)` (default on a 2-core machine: 2 × 4 × (4 GiB + 32 MiB) ≈
+//! 32 GiB virtual, nothing resident). Resident memory
 //! grows only with what guests touch, up to `max_concurrent_tasks × max_memory` for running
 //! tasks plus up to `keep_resident` per idle warm slot. If the reservation fails (`ulimit -v`,
 //! `vm.overcommit_memory=2`), lower `--warm-modules`, `--max-concurrent-tasks` or
@@ -109,8 +109,9 @@ pub struct SandboxConfig {
     pub max_core_instances_per_component: u32,
 
     /// Linear memories one component may define; a component needing more fails to load. Each
-    /// lane's pool has `warm-modules × this` memory slots, each costing `memory-reservation +
-    /// memory-guard` of virtual memory. The memory limit applies to their sum.
+    /// lane's pool has at least this many memory slots (`max(warm-modules, this)`), each costing
+    /// `memory-reservation + memory-guard` of virtual memory. The memory limit applies to their
+    /// sum.
     #[arg(long, env = "WARREN_MAX_MEMORIES_PER_COMPONENT", default_value_t = DEFAULT_MAX_MEMORIES_PER_COMPONENT, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_memories_per_component: u32,
 
@@ -128,10 +129,12 @@ pub struct SandboxConfig {
     #[arg(long, env = "WARREN_MAX_WASM_STACK", default_value = "512KiB", value_parser = parse_bytes)]
     pub max_wasm_stack: u64,
 
-    /// Modules each lane keeps warm: its pool has this many slots, and a slot freed by a module
-    /// keeps that module's memory image mapped for its next task on the lane. Tasks alternating
-    /// between more modules than this remap a slot (tens of µs) instead of reusing one (~1 µs).
-    /// Each slot costs `memory_reservation + memory_guard` of virtual memory.
+    /// Modules each lane keeps warm: its pool has this many memory slots (at least
+    /// `max-memories-per-component`), and a slot freed by a module keeps that module's memory
+    /// image mapped for its next task on the lane (a component's memories take a slot each).
+    /// Tasks alternating between more modules than this remap a slot (tens of µs) instead of
+    /// reusing one (~1 µs). Each slot costs `memory_reservation + memory_guard` of virtual
+    /// memory.
     #[arg(long, env = "WARREN_WARM_MODULES", default_value_t = DEFAULT_WARM_MODULES, value_parser = parse_positive)]
     pub warm_modules: usize,
 

@@ -90,14 +90,13 @@ pub(crate) fn build_engine(
     wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(
         config, slots,
     )?));
-    Engine::new(&wasm).map_err(|source| EngineError::pool_reservation(config, slots, source))
+    let memory_slots = PoolSize::of(config, slots)?.memories as usize;
+    Engine::new(&wasm).map_err(|source| EngineError::pool_reservation(config, memory_slots, source))
 }
 
 impl EngineError {
-    /// Pools of `slots` warm slots in all (`slots × max_memories_per_component` memory slots of
-    /// `config`'s reservation + guard) could not be reserved.
+    /// `slots` memory slots in all, of `config`'s reservation + guard, could not be reserved.
     pub fn pool_reservation(config: &SandboxConfig, slots: usize, source: wasmtime::Error) -> Self {
-        let slots = slots.saturating_mul(config.max_memories_per_component as usize);
         let per_slot = config.memory_reservation + config.memory_guard;
         EngineError::PoolReservation {
             slots,
@@ -108,15 +107,15 @@ impl EngineError {
 }
 
 /// How many of each thing a pool of `warm` slots holds. One task runs at a time on a pool, so it
-/// needs room for one task's instances and tables; memories are kept warm per slot, so a slot
-/// holds a module's memory or a component's `max_memories_per_component`.
+/// needs room for one task's instances, memories and tables; beyond that, `warm` memory slots
+/// keep the images of the last modules run mapped (a component's memories take one each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSize {
     /// Component instances: one per slot.
     pub component_instances: u32,
     /// Core instances: one per slot, and at least one component's worth.
     pub core_instances: u32,
-    /// Linear memories: `max_memories_per_component` per slot.
+    /// Linear memories: one per slot, and at least one component's worth.
     pub memories: u32,
     /// Tables: one per slot, and at least one component's worth.
     pub tables: u32,
@@ -127,7 +126,7 @@ impl PoolSize {
     pub fn of(config: &SandboxConfig, warm: usize) -> Result<Self, EngineError> {
         let warm = u32::try_from(warm)
             .map_err(|_| EngineError::InvalidConfig("--warm-modules is too large".into()))?;
-        let memories = warm.saturating_mul(config.max_memories_per_component);
+        let memories = warm.max(config.max_memories_per_component);
         let tables = warm.max(config.max_tables_per_component);
         Ok(PoolSize {
             component_instances: warm,
@@ -214,7 +213,7 @@ pub(crate) fn start_epoch_ticker(
 /// Pool occupancy, for metrics and logs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolOccupancy {
-    /// Core instances currently allocated from the pool.
+    /// Shards running a task's instance now (a module's, or a component's core instances).
     pub instances: u64,
     /// Linear memories currently allocated.
     pub memories: u64,
@@ -232,7 +231,9 @@ pub fn pool_occupancy<'a>(engines: impl IntoIterator<Item = &'a Engine>) -> Opti
         .filter_map(Engine::pooling_allocator_metrics)
     {
         let sum = total.get_or_insert_with(PoolOccupancy::default);
-        sum.instances += metrics.core_instances();
+        // A shard runs one task at a time: a module's instance, or a component's several.
+        sum.instances +=
+            u64::from(metrics.core_instances() > 0 || metrics.component_instances() > 0);
         sum.memories += metrics.memories() as u64;
         sum.warm_memories += u64::from(metrics.unused_warm_memories());
         sum.unused_memory_bytes_resident += metrics.unused_memory_bytes_resident() as u64;

@@ -185,10 +185,9 @@ impl Sandbox {
         allocation: Allocation,
     ) -> Result<Self, EngineError> {
         let count = config.concurrency();
-        let slots = count.saturating_mul(config.warm_modules);
-        let per_slot = (config.memory_reservation + config.memory_guard)
-            .saturating_mul(u64::from(config.max_memories_per_component));
         let size = PoolSize::of(&config, config.warm_modules)?;
+        let slots = count.saturating_mul(size.memories as usize);
+        let per_slot = config.memory_reservation + config.memory_guard;
         // Reported for the whole sandbox (every shard's slots), not for the one shard that failed.
         let pool_error = |source| EngineError::pool_reservation(&config, slots, source);
         if allocation == Allocation::Pooled
