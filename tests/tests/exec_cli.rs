@@ -127,7 +127,8 @@ fn an_impossible_pool_fails_startup_naming_the_knob() {
     assert!(message.contains("--max-concurrent-tasks"), "{message}");
     assert!(message.contains("--memory-reservation"), "{message}");
 
-    let output = exec(&["echo-c", "--max-memories-per-component", "10000"], b"");
+    // A pool must hold one component's memories: 100 000 slots of 4 GiB is as far out.
+    let output = exec(&["echo-c", "--max-memories-per-component", "100000"], b"");
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
     assert!(

@@ -175,16 +175,17 @@ mod tests {
 
     #[test]
     fn every_table_slot_of_a_pool_is_found() {
-        for (slots, elements) in [(4, 20_000), (1, 100), (3, 512)] {
+        for (warm, elements) in [(4, 20_000), (1, 100), (9, 512)] {
             let config = SandboxConfig {
                 table_elements: elements,
                 ..SandboxConfig::default()
             };
             let before = anonymous_mappings();
-            let engine = build_engine(&config, Allocation::Pooled, slots).unwrap();
+            let engine = build_engine(&config, Allocation::Pooled, warm).unwrap();
+            let slots = crate::engine::PoolSize::of(&config, warm).unwrap().tables as usize;
             let pool = locate(&engine, slots, elements, &before).unwrap();
             let table_size = (elements * 8).div_ceil(page_size()) * page_size();
-            assert_eq!(pool.len, slots * table_size, "{slots} × {elements}");
+            assert_eq!(pool.len, slots * table_size, "{warm}: {slots} × {elements}");
         }
     }
 
