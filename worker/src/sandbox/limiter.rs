@@ -37,6 +37,14 @@ impl TaskLimiter {
     }
 }
 
+impl TaskLimiter {
+    /// Bytes of linear memory the task holds now, all memories together: no one memory of the
+    /// task is larger.
+    pub fn memory_in_use(&self) -> usize {
+        self.memory_in_use
+    }
+}
+
 impl ResourceLimiter for TaskLimiter {
     fn memory_growing(
         &mut self,

@@ -79,8 +79,8 @@ struct Shard {
     components: wasmtime::component::Linker<ComponentState>,
     /// Where the pool's tables live, for the swap scrub.
     tables: Option<PoolRegion>,
-    /// Where the pool's memories live, for the swap scrub of component tasks.
-    memories: Option<PoolRegion>,
+    /// Where each memory slot of the pool starts, for the swap scrub of component tasks.
+    memory_slots: Option<Vec<usize>>,
 }
 
 /// A module or component compiled for and linked into every shard: one warm `InstancePre` per
@@ -219,9 +219,8 @@ impl Sandbox {
                         }
                     }
                 });
-                let max_memory = usize::try_from(config.max_memory).unwrap_or(usize::MAX);
-                let memories = find_pools
-                    .then(|| table_pool::locate_memories(&engine, size.memories as usize, max_memory))
+                let memory_slots = find_pools
+                    .then(|| table_pool::locate_memories(&engine, size.memories as usize))
                     .and_then(|found| match found {
                         Ok(pool) => Some(pool),
                         Err(error) => {
@@ -239,7 +238,7 @@ impl Sandbox {
                     linker,
                     components,
                     tables,
-                    memories,
+                    memory_slots,
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
@@ -441,17 +440,19 @@ impl Sandbox {
         let started = Instant::now();
         let (ended, instantiated) = component::run(pre, &mut store);
         let finished = Instant::now();
-        let memory_limit_hit = store.data().limiter.memory_limit_hit;
-        // wasmtime resets the slots here; the component's memories are not reachable one by
-        // one, so the scrub covers every memory slot of the pool.
+        let limiter = &store.data().limiter;
+        let (memory_limit_hit, in_use) = (limiter.memory_limit_hit, limiter.memory_in_use());
+        // wasmtime resets the slots here. The component's memories are not reachable one by
+        // one, so the scrub covers every memory slot of the pool, each as far as the task's
+        // memories reached (none is larger than their sum).
         drop(store);
-        let pools = [on.memories, on.tables];
-        self.swap_scrub.after_reset(
-            pools
-                .into_iter()
-                .flatten()
-                .map(|pool| (pool.start, pool.len)),
-        );
+        let memories = on
+            .memory_slots
+            .iter()
+            .flatten()
+            .map(|&start| (start, in_use));
+        let tables = on.tables.map(|pool| (pool.start, pool.len));
+        self.swap_scrub.after_reset(memories.chain(tables));
         Ran {
             ended,
             memory_limit_hit,

@@ -126,13 +126,8 @@ pub fn locate(
     })
 }
 
-/// Finds every memory slot of `engine`'s pool of `slots` memories, each usable up to
-/// `max_memory` bytes: the region from the first slot to the end of the last.
-pub fn locate_memories(
-    engine: &Engine,
-    slots: usize,
-    max_memory: usize,
-) -> Result<PoolRegion, String> {
+/// Where each of the `slots` memory slots of `engine`'s pool starts, in address order.
+pub fn locate_memories(engine: &Engine, slots: usize) -> Result<Vec<usize>, String> {
     let probe = Module::new(engine, r#"(module (memory (export "memory") 1))"#)
         .map_err(|e| format!("probe: {e:#}"))?;
     let mut stores = Vec::with_capacity(slots);
@@ -148,12 +143,15 @@ pub fn locate_memories(
         stores.push(store);
     }
     drop(stores);
-    let first = *starts.iter().min().ok_or("the pool has no memory slots")?;
-    let last = *starts.iter().max().ok_or("the pool has no memory slots")?;
-    Ok(PoolRegion {
-        start: first,
-        len: last - first + max_memory,
-    })
+    starts.sort_unstable();
+    starts.dedup();
+    if starts.len() != slots {
+        return Err(format!(
+            "{} distinct memory slots found, expected {slots}",
+            starts.len()
+        ));
+    }
+    Ok(starts)
 }
 
 fn probe_wat(elements: usize) -> String {
@@ -190,12 +188,16 @@ mod tests {
     }
 
     #[test]
-    fn every_memory_slot_of_a_pool_is_covered() {
+    fn every_memory_slot_of_a_pool_is_found() {
         let config = SandboxConfig::default();
-        let engine = build_engine(&config, Allocation::Pooled, 2).unwrap();
-        let slots = crate::engine::PoolSize::of(&config, 2).unwrap().memories as usize;
-        let pool = locate_memories(&engine, slots, 1 << 20).unwrap();
+        let engine = build_engine(&config, Allocation::Pooled, 3).unwrap();
+        let slots = crate::engine::PoolSize::of(&config, 3).unwrap().memories as usize;
+        let starts = locate_memories(&engine, slots).unwrap();
+        assert_eq!(starts.len(), 3);
         let stride = (config.memory_reservation + config.memory_guard) as usize;
-        assert!(pool.len >= (slots - 1) * stride + (1 << 20), "{pool:?}");
+        assert!(
+            starts.windows(2).all(|w| w[1] - w[0] >= stride),
+            "{starts:x?}"
+        );
     }
 }
