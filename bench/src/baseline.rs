@@ -66,21 +66,12 @@ pub struct Command {
 impl Command {
     /// Compiles the module at `path` for `engine` and links wasmtime-wasi's preview 1 into it.
     pub fn load(engine: &Engine, path: &Path, config: &SandboxConfig) -> anyhow::Result<Self> {
-        let module = Module::from_file(engine, path).map_err(|error| {
-            anyhow::anyhow!(
-                "cannot load {} (run modules/build.sh first): {error:#}",
-                path.display()
-            )
-        })?;
+        let module = Module::from_file(engine, path).map_err(|error| load_error(path, error))?;
         let mut linker = Linker::new(engine);
         add_to_linker_sync(&mut linker, |state: &mut TaskState| &mut state.wasi)?;
         let pre = linker.instantiate_pre(&module)?;
-        let name = path
-            .file_stem()
-            .map(|stem| stem.to_string_lossy().into_owned())
-            .unwrap_or_default();
         Ok(Command {
-            name,
+            name: program_name(path),
             linker,
             pre,
             max_memory: usize::try_from(config.max_memory)?,
@@ -93,16 +84,17 @@ impl Command {
     /// an error.
     pub fn run(&self, how: Instantiation, input: &[u8]) -> anyhow::Result<Duration> {
         let engine = self.pre.module().engine();
-        let stdout = MemoryOutputPipe::new(self.max_output);
-        let wasi = WasiCtxBuilder::new()
-            .arg(&self.name)
-            .stdin(MemoryInputPipe::new(input.to_vec()))
-            .stdout(stdout.clone())
-            .build_p1();
+        let (mut wasi, stdout) = task_context(&self.name, input, self.max_output);
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.max_memory)
             .build();
-        let mut store = Store::new(engine, TaskState { wasi, limits });
+        let mut store = Store::new(
+            engine,
+            TaskState {
+                wasi: wasi.build_p1(),
+                limits,
+            },
+        );
         store.limiter(|state| &mut state.limits);
         // No epoch ticker runs for a baseline engine: the deadline is never reached.
         store.set_epoch_deadline(u64::MAX / 2);
@@ -114,16 +106,50 @@ impl Command {
         }?;
         let instantiate = started.elapsed();
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-        match start.call(&mut store, ()) {
-            Ok(()) => {}
-            Err(error) => match error.downcast_ref::<I32Exit>() {
-                Some(I32Exit(0)) => {}
-                Some(I32Exit(code)) => bail!("{} exited with {code}", self.name),
-                None => return Err(error.into()),
-            },
-        }
+        succeeded(&self.name, start.call(&mut store, ()))?;
         drop(store);
         std::hint::black_box(stdout.contents());
         Ok(instantiate)
+    }
+}
+
+/// argv[0] of the guest at `path`: its file stem, as warren names modules.
+pub fn program_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The guest at `path` could not be compiled.
+pub fn load_error(path: &Path, error: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot load {} (run modules/build.sh first): {error:#}",
+        path.display()
+    )
+}
+
+/// A baseline task's WASI context, to be built for preview 1 or 0.2: argv[0] `name`, `input` on
+/// stdin, stdout captured up to `max_output` bytes (the returned pipe).
+pub fn task_context(
+    name: &str,
+    input: &[u8],
+    max_output: usize,
+) -> (WasiCtxBuilder, MemoryOutputPipe) {
+    let stdout = MemoryOutputPipe::new(max_output);
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.arg(name)
+        .stdin(MemoryInputPipe::new(input.to_vec()))
+        .stdout(stdout.clone());
+    (wasi, stdout)
+}
+
+/// How the guest `name`'s run `ended`: success (returned, or exited 0), or an error naming the
+/// exit code or the failure.
+pub fn succeeded(name: &str, ended: wasmtime::Result<()>) -> anyhow::Result<()> {
+    let Err(error) = ended else { return Ok(()) };
+    match error.downcast_ref::<I32Exit>() {
+        Some(I32Exit(0)) => Ok(()),
+        Some(I32Exit(code)) => bail!("{name} exited with {code}"),
+        None => Err(error.into()),
     }
 }

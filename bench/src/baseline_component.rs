@@ -5,15 +5,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use warren_worker::SandboxConfig;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::bindings::sync::{Command, CommandPre};
-use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
-use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::baseline::Instantiation;
+use crate::baseline::{load_error, program_name, succeeded, task_context, Instantiation};
 
 /// Per-task state of a baseline store: stock WASI 0.2 and a memory cap.
 struct TaskState {
@@ -47,21 +45,13 @@ pub struct ComponentCommand {
 impl ComponentCommand {
     /// Compiles the component at `path` for `engine` and links wasmtime-wasi's WASI 0.2.
     pub fn load(engine: &Engine, path: &Path, config: &SandboxConfig) -> anyhow::Result<Self> {
-        let component = Component::from_file(engine, path).map_err(|error| {
-            anyhow::anyhow!(
-                "cannot load {} (run modules/build.sh first): {error:#}",
-                path.display()
-            )
-        })?;
+        let component =
+            Component::from_file(engine, path).map_err(|error| load_error(path, error))?;
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         let pre = CommandPre::new(linker.instantiate_pre(&component)?)?;
-        let name = path
-            .file_stem()
-            .map(|stem| stem.to_string_lossy().into_owned())
-            .unwrap_or_default();
         Ok(ComponentCommand {
-            name,
+            name: program_name(path),
             component,
             linker,
             pre,
@@ -73,17 +63,12 @@ impl ComponentCommand {
     /// Runs the whole task — store + WASI context, instantiate, `wasi:cli/run`, drop — and
     /// returns the time instantiation took. A guest that does not exit 0 is an error.
     pub fn run(&self, how: Instantiation, input: &[u8]) -> anyhow::Result<Duration> {
-        let stdout = MemoryOutputPipe::new(self.max_output);
-        let wasi = WasiCtx::builder()
-            .arg(&self.name)
-            .stdin(MemoryInputPipe::new(input.to_vec()))
-            .stdout(stdout.clone())
-            .build();
+        let (mut wasi, stdout) = task_context(&self.name, input, self.max_output);
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.max_memory)
             .build();
         let state = TaskState {
-            wasi,
+            wasi: wasi.build(),
             table: ResourceTable::new(),
             limits,
         };
@@ -100,15 +85,11 @@ impl ComponentCommand {
             Instantiation::CowPre => self.pre.instantiate(&mut store),
         }?;
         let instantiate = started.elapsed();
-        match command.wasi_cli_run().call_run(&mut store) {
-            Ok(Ok(())) => {}
-            Ok(Err(())) => bail!("{} returned an error from run", self.name),
-            Err(error) => match error.downcast_ref::<I32Exit>() {
-                Some(I32Exit(0)) => {}
-                Some(I32Exit(code)) => bail!("{} exited with {code}", self.name),
-                None => return Err(error.into()),
-            },
-        }
+        let ended = command
+            .wasi_cli_run()
+            .call_run(&mut store)
+            .and_then(|run| run.map_err(|()| wasmtime::format_err!("run returned an error")));
+        succeeded(&self.name, ended)?;
         drop(store);
         std::hint::black_box(stdout.contents());
         Ok(instantiate)

@@ -4,6 +4,7 @@
 //! outcomes, `submit --wait`, bad arguments refused before anything is sent, and dead letters
 //! listed and requeued.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,19 +21,24 @@ fn batch_id(out: &Path) -> String {
     manifest(out)["batch_id"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_of_1000_inputs_yields_one_correct_output_each() {
+/// Runs `warren batch <module>` (an `upper` program) over `count` new inputs with one worker,
+/// checks that it exits 0 with one upper-cased output per input, and returns the records, the
+/// batch's stdout and the worker's metrics.
+async fn upper_batch(
+    module: &str,
+    count: usize,
+) -> (HashMap<String, serde_json::Value>, String, String) {
     let broker = TestBroker::new().await;
     let worker = WorkerProcess::start(&broker.topology, 2, &[]);
     let warren = WarrenCli::new(&broker.topology);
     let dir = tempfile::tempdir().unwrap();
     let (inputs, out) = (dir.path().join("in"), dir.path().join("out"));
-    write_inputs(&inputs, 1000);
+    write_inputs(&inputs, count);
 
     let output = tokio::task::block_in_place(|| {
         warren.run(&[
             "batch",
-            "upper",
+            module,
             "--inputs",
             inputs.to_str().unwrap(),
             "--out",
@@ -42,8 +48,18 @@ async fn batch_of_1000_inputs_yields_one_correct_output_each() {
     let (stdout, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
     println!("{stdout}");
-
     let records = assert_each_result_once(&out, upper_of(&inputs));
+    assert_eq!(broker.depth(&broker.topology.tasks).await, 0);
+    let metrics = worker.metrics();
+    delete_queue(&results_queue(&out)).await;
+    drop(worker);
+    broker.cleanup().await;
+    (records, stdout, metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_of_1000_inputs_yields_one_correct_output_each() {
+    let (records, stdout, _) = upper_batch("upper", 1000).await;
     for (name, record) in &records {
         assert_eq!(record["outcome"], "success", "{name}");
         assert_eq!(record["exit_code"], 0, "{name}");
@@ -57,35 +73,12 @@ async fn batch_of_1000_inputs_yields_one_correct_output_each() {
     );
     assert!(stdout.contains("instantiate p50"), "{stdout}");
     assert!(stdout.contains("tasks/s"), "{stdout}");
-    assert_eq!(broker.depth(&broker.topology.tasks).await, 0);
-    delete_queue(&results_queue(&out)).await;
-    drop(worker);
-    broker.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_components_yields_one_correct_output_each() {
-    let broker = TestBroker::new().await;
-    let worker = WorkerProcess::start(&broker.topology, 2, &[]);
-    let warren = WarrenCli::new(&broker.topology);
-    let dir = tempfile::tempdir().unwrap();
-    let (inputs, out) = (dir.path().join("in"), dir.path().join("out"));
-    write_inputs(&inputs, 500);
-
     // `upper-c` is `upper` built as a WASI 0.2 component: the producer needs nothing new.
-    let output = tokio::task::block_in_place(|| {
-        warren.run(&[
-            "batch",
-            "upper-c",
-            "--inputs",
-            inputs.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-    });
-    let (stdout, stderr) = text(&output);
-    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
-    let records = assert_each_result_once(&out, upper_of(&inputs));
+    let (records, stdout, metrics) = upper_batch("upper-c", 500).await;
     for (name, record) in &records {
         assert_eq!(record["outcome"], "success", "{name}");
         assert!(
@@ -96,14 +89,10 @@ async fn a_batch_of_components_yields_one_correct_output_each() {
         );
     }
     assert!(stdout.contains("results     500 (success 500)"), "{stdout}");
-    let metrics = worker.metrics();
     assert!(
         metrics.contains("warren_tasks_total{module=\"upper-c\",outcome=\"success\"} 500"),
         "{metrics}"
     );
-    delete_queue(&results_queue(&out)).await;
-    drop(worker);
-    broker.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,42 +186,111 @@ fn touch_later(path: &Path) {
         .unwrap();
 }
 
+/// A watched modules directory, its registry and a runner over it.
+struct Watched {
+    dir: tempfile::TempDir,
+    _cache: tempfile::TempDir,
+    registry: Arc<ModuleRegistry>,
+    _watcher: warren_worker::watch::ModuleWatcher,
+    runner: TaskRunner,
+}
+
+impl Watched {
+    /// A registry watching a new directory that holds `module` as `name`.
+    fn start(module: &str, name: &str) -> Watched {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let registry: Arc<ModuleRegistry> = registry(test_config(2), cache.path());
+        copy_module(module, dir.path(), name);
+        registry.load_dir(dir.path()).unwrap();
+        let watcher = watch_modules(registry.clone(), dir.path()).unwrap();
+        let runner = TaskRunner::new(registry.clone(), "reload-test");
+        Watched {
+            dir,
+            _cache: cache,
+            registry,
+            _watcher: watcher,
+            runner,
+        }
+    }
+
+    /// Runs a task for `module` (`name` or `name@digest`).
+    fn run(&self, module: &str, input: &[u8]) -> warren_schemas::TaskResult {
+        let task = Task::new(module.parse().unwrap(), input.to_vec());
+        self.runner.run_here(task, 1)
+    }
+
+    fn latest(&self, name: &str) -> Option<Arc<warren_worker::LoadedModule>> {
+        self.registry.resolve(&ModuleRef::latest(name)).ok()
+    }
+
+    /// Adds `module` as `name` and waits until it is loaded.
+    fn add(&self, module: &str, name: &str) {
+        copy_module(module, self.dir.path(), name);
+        eventually(&format!("{name} to load"), || self.latest(name).is_some());
+    }
+
+    /// Replaces `name`'s file atomically with `module` and waits until `loaded` holds for the
+    /// newest version.
+    fn replace(
+        &self,
+        name: &str,
+        module: &str,
+        loaded: impl Fn(&warren_worker::LoadedModule) -> bool,
+    ) {
+        let staged = self.dir.path().join(format!(".{name}.staging"));
+        fs::copy(module_path(module), &staged).unwrap();
+        fs::rename(&staged, self.dir.path().join(format!("{name}.wasm"))).unwrap();
+        eventually(&format!("{name} to be replaced by {module}"), || {
+            self.latest(name).is_some_and(|m| loaded(&m))
+        });
+    }
+
+    /// Overwrites `name`'s file with `junk`: reported, and its previous version keeps serving
+    /// (`input` still gives `output`).
+    fn break_file(&self, name: &str, junk: &[u8], input: &[u8], output: &[u8]) {
+        fs::write(self.dir.path().join(format!("{name}.wasm")), junk).unwrap();
+        // A marker added after the broken write: once it is loaded, so was the broken file.
+        copy_module("echo", self.dir.path(), "marker");
+        eventually("marker to load after the broken write", || {
+            self.latest("marker").is_some()
+        });
+        assert_eq!(
+            self.run(name, input).stdout,
+            output,
+            "{name} after a broken write"
+        );
+    }
+
+    /// Removes `name`'s file: it is unloaded, and its tasks find no module.
+    fn remove(&self, name: &str) {
+        fs::remove_file(self.dir.path().join(format!("{name}.wasm"))).unwrap();
+        eventually(&format!("{name} to unload"), || self.latest(name).is_none());
+        assert_eq!(
+            self.run(name, b"").outcome,
+            Outcome::ModuleNotFound {
+                module: name.into()
+            }
+        );
+    }
+}
+
 #[test]
 fn hot_reload_adds_replaces_and_removes_modules() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let registry: Arc<ModuleRegistry> = registry(test_config(2), cache.path());
-    copy_module("echo", dir.path(), "job");
-    registry.load_dir(dir.path()).unwrap();
-    let _watcher = watch_modules(registry.clone(), dir.path()).unwrap();
-    let runner = TaskRunner::new(registry.clone(), "reload-test");
-    let run = |name: &str, input: &[u8]| {
-        runner.run_here(Task::new(ModuleRef::latest(name), input.to_vec()), 1)
-    };
-    assert_eq!(run("job", b"abc").stdout, b"abc");
+    let watched = Watched::start("echo", "job");
+    assert_eq!(watched.run("job", b"abc").stdout, b"abc");
 
     // A task holding the old version keeps it while the file is replaced.
-    let old = registry.resolve(&ModuleRef::latest("job")).unwrap();
+    let old = watched.latest("job").unwrap();
 
     // New module appears without restart.
-    copy_module("wc", dir.path(), "counter");
-    eventually("counter to load", || {
-        registry.resolve(&ModuleRef::latest("counter")).is_ok()
-    });
-    assert_eq!(run("counter", b"a b\n").stdout, b"1 2 4\n");
+    watched.add("wc", "counter");
+    assert_eq!(watched.run("counter", b"a b\n").stdout, b"1 2 4\n");
 
     // Changed file: new version serves new tasks.
-    let staged = dir.path().join(".job.staging");
-    fs::copy(module_path("upper"), &staged).unwrap();
-    fs::rename(&staged, dir.path().join("job.wasm")).unwrap();
-    eventually("job to be replaced", || {
-        registry
-            .resolve(&ModuleRef::latest("job"))
-            .map(|m| m.digest != old.digest)
-            .unwrap_or(false)
-    });
-    assert_eq!(run("job", b"abc").stdout, b"ABC");
-    let on_old = registry.sandbox().run(
+    watched.replace("job", "upper", |m| m.digest != old.digest);
+    assert_eq!(watched.run("job", b"abc").stdout, b"ABC");
+    let on_old = watched.registry.sandbox().run(
         0,
         &old.warm,
         warren_worker::sandbox::GuestCall {
@@ -236,100 +305,43 @@ fn hot_reload_adds_replaces_and_removes_modules() {
     );
 
     // A broken replacement is reported; the previous good version keeps serving.
-    fs::write(dir.path().join("job.wasm"), b"truncated junk").unwrap();
-    copy_module("echo", dir.path(), "marker");
-    eventually("marker to load after the broken write", || {
-        registry.resolve(&ModuleRef::latest("marker")).is_ok()
-    });
-    assert_eq!(run("job", b"abc").stdout, b"ABC");
-
-    // Removed file: module gone.
-    fs::remove_file(dir.path().join("counter.wasm")).unwrap();
-    eventually("counter to unload", || {
-        registry.resolve(&ModuleRef::latest("counter")).is_err()
-    });
-    assert_eq!(
-        run("counter", b"").outcome,
-        Outcome::ModuleNotFound {
-            module: "counter".into()
-        }
-    );
+    watched.break_file("job", b"truncated junk", b"abc", b"ABC");
+    watched.remove("counter");
 }
 
 #[test]
 fn components_hot_reload_and_pin_like_modules() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let registry: Arc<ModuleRegistry> = registry(test_config(2), cache.path());
-    copy_module("echo-c", dir.path(), "job");
-    registry.load_dir(dir.path()).unwrap();
-    let _watcher = watch_modules(registry.clone(), dir.path()).unwrap();
-    let runner = TaskRunner::new(registry.clone(), "reload-test");
-    let run = |name: &str, input: &[u8]| {
-        runner.run_here(Task::new(name.parse().unwrap(), input.to_vec()), 1)
-    };
-    assert_eq!(run("job", b"abc").stdout, b"abc");
-    let first = registry.resolve(&ModuleRef::latest("job")).unwrap();
+    let watched = Watched::start("echo-c", "job");
+    assert_eq!(watched.run("job", b"abc").stdout, b"abc");
+    let first = watched.latest("job").unwrap();
     assert_eq!(first.kind(), GuestKind::Component);
 
-    // A component appears without a restart.
-    copy_module("wc-c", dir.path(), "counter");
-    eventually("counter to load", || {
-        registry.resolve(&ModuleRef::latest("counter")).is_ok()
-    });
-    assert_eq!(run("counter", b"a b\n").stdout, b"1 2 4\n");
+    watched.add("wc-c", "counter");
+    assert_eq!(watched.run("counter", b"a b\n").stdout, b"1 2 4\n");
 
     // Replaced by another component; the first stays pinnable.
-    let staged = dir.path().join(".job.staging");
-    fs::copy(module_path("upper-c"), &staged).unwrap();
-    fs::rename(&staged, dir.path().join("job.wasm")).unwrap();
-    eventually("job to be replaced", || {
-        registry
-            .resolve(&ModuleRef::latest("job"))
-            .map(|m| m.digest != first.digest)
-            .unwrap_or(false)
-    });
-    assert_eq!(run("job", b"abc").stdout, b"ABC");
+    watched.replace("job", "upper-c", |m| m.digest != first.digest);
+    assert_eq!(watched.run("job", b"abc").stdout, b"ABC");
     assert_eq!(
-        run(&format!("job@{}", &first.digest[..10]), b"abc").stdout,
+        watched
+            .run(&format!("job@{}", &first.digest[..10]), b"abc")
+            .stdout,
         b"abc",
         "the first version still runs when pinned"
     );
 
     // A name may change kind: the core module replaces the component.
-    fs::copy(module_path("wc"), &staged).unwrap();
-    fs::rename(&staged, dir.path().join("job.wasm")).unwrap();
-    eventually("job to become a module", || {
-        registry
-            .resolve(&ModuleRef::latest("job"))
-            .map(|m| m.kind() == GuestKind::Module)
-            .unwrap_or(false)
-    });
-    assert_eq!(run("job", b"x y").stdout, b"0 2 3\n");
+    watched.replace("job", "wc", |m| m.kind() == GuestKind::Module);
+    assert_eq!(watched.run("job", b"x y").stdout, b"0 2 3\n");
 
-    // A broken component is reported; the previous good version keeps serving.
-    fs::write(
-        dir.path().join("counter.wasm"),
+    // A component header and nothing valid after it.
+    watched.break_file(
+        "counter",
         b"\x00asm\x0d\x00\x01\x00cut short",
-    )
-    .unwrap();
-    copy_module("echo-c", dir.path(), "marker");
-    eventually("marker to load after the broken write", || {
-        registry.resolve(&ModuleRef::latest("marker")).is_ok()
-    });
-    assert_eq!(run("counter", b"a b\n").stdout, b"1 2 4\n");
-
-    // Removed: gone.
-    fs::remove_file(dir.path().join("counter.wasm")).unwrap();
-    eventually("counter to unload", || {
-        registry.resolve(&ModuleRef::latest("counter")).is_err()
-    });
-    assert_eq!(
-        run("counter", b"").outcome,
-        Outcome::ModuleNotFound {
-            module: "counter".into()
-        }
+        b"a b\n",
+        b"1 2 4\n",
     );
+    watched.remove("counter");
 }
 
 #[test]
