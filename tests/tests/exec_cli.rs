@@ -187,3 +187,59 @@ fn runs_components_like_modules() {
     let by_path = exec(&[path.to_str().unwrap(), "--input", "-"], b"a b\n");
     assert_eq!(by_path.stdout, b"1 2 4\n", "{}", stderr(&by_path));
 }
+
+#[test]
+fn exec_compiles_only_the_module_it_runs() {
+    let modules = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    for name in ["upper", "lookup", "echo-c"] {
+        std::fs::copy(
+            modules_dir().join(format!("{name}.wasm")),
+            modules.path().join(format!("{name}.wasm")),
+        )
+        .unwrap();
+    }
+    let run = |module: &str| {
+        let mut child = Command::new(binary("warren-worker"))
+            .args(["exec", module, "--input", "-", "--modules"])
+            .arg(modules.path())
+            .arg("--cache")
+            .arg(cache.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("warren-worker starts");
+        child.stdin.take().unwrap().write_all(b"abc").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let compiled = || {
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".cwasm")
+            })
+            .count()
+    };
+
+    let output = run("upper");
+    assert_eq!(output.stdout, b"ABC", "{}", stderr(&output));
+    assert_eq!(
+        compiled(),
+        1,
+        "lookup (24 MiB) and echo-c were not compiled"
+    );
+
+    let missing = run("nothing-here");
+    assert_eq!(missing.status.code(), Some(127));
+    assert!(
+        stderr(&missing).contains("echo-c, lookup, upper"),
+        "the modules of the directory are listed: {}",
+        stderr(&missing)
+    );
+    assert_eq!(compiled(), 1, "nothing more compiled to say so");
+}

@@ -68,23 +68,19 @@ pub fn run_exec(args: ExecArgs) -> anyhow::Result<i32> {
     })?;
     report(&result)?;
     if let Outcome::ModuleNotFound { .. } = result.outcome {
-        let names: Vec<String> = runner
-            .registry()
-            .latest()
-            .iter()
-            .map(|m| m.name.clone())
-            .collect();
         eprintln!(
             "warren: modules available in {}: {}",
             modules_dir.display(),
-            names.join(", ")
+            module_names(&modules_dir).join(", ")
         );
     }
     Ok(result.outcome.exit_code())
 }
 
-/// A path to a `.wasm` file is loaded on its own; anything else is a module reference looked up
-/// in the modules directory.
+/// A path to a `.wasm` file is loaded on its own; anything else is a module reference, and only
+/// its file in the modules directory is loaded (from the AOT cache when it is there): the other
+/// modules of the directory cost nothing. A name without a file stays unloaded, and the task
+/// ends as "module not found".
 fn resolve_target(
     registry: &ModuleRegistry,
     target: &str,
@@ -96,8 +92,25 @@ fn resolve_target(
         return Ok(ModuleRef::latest(module.name.clone()));
     }
     let wanted: ModuleRef = target.parse()?;
-    source.load_all(registry)?;
+    let file = source.modules_dir.join(format!("{}.wasm", wanted.name));
+    if file.is_file() {
+        registry.load_file(&file)?;
+    }
     Ok(wanted)
+}
+
+/// The module names of `dir` (its `.wasm` file stems), sorted; none when it cannot be read.
+fn module_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "wasm"))
+        .filter_map(|path| Some(path.file_stem()?.to_str()?.to_owned()))
+        .collect();
+    names.sort();
+    names
 }
 
 fn read_input(input: Option<&Path>) -> anyhow::Result<Vec<u8>> {
