@@ -103,6 +103,12 @@ fn assert_upper_runs(scratch: &Scratch, cache: &Path) -> String {
     stderr(&output)
 }
 
+/// Runs echo once, so that the cache holds its entry too (`exec` compiles only what it runs).
+fn cache_echo(scratch: &Scratch, cache: &Path) {
+    let output = scratch.exec(Some(cache), "echo", b"x", &[]);
+    assert_eq!(output.stdout, b"x", "{}", stderr(&output));
+}
+
 /// The cache entry compiled from module `name` (there is one engine configuration here).
 fn entry(cache: &Path, name: &str) -> PathBuf {
     let digest = hex::encode(Sha256::digest(fs::read(module_path(name)).unwrap()));
@@ -368,6 +374,7 @@ fn a_writable_or_symlinked_cache_file_is_recompiled_and_replaced() {
     assert_eq!(mode(&upper), 0o600, "replaced by the worker's own");
 
     // A symlink to echo's entry is not followed.
+    cache_echo(&scratch, &cache);
     let echo = entry(&cache, "echo");
     fs::remove_file(&upper).unwrap();
     std::os::unix::fs::symlink(&echo, &upper).unwrap();
@@ -381,6 +388,7 @@ fn a_compiled_file_copied_under_another_modules_name_is_rejected() {
     let scratch = Scratch::new();
     let cache = scratch.path("cache");
     assert_upper_runs(&scratch, &cache);
+    cache_echo(&scratch, &cache);
     let (echo, upper) = (entry(&cache, "echo"), entry(&cache, "upper"));
 
     // echo's code under upper's name: ownership and mode are the worker's own, only the
