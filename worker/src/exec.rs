@@ -12,7 +12,7 @@ use anyhow::Context;
 use warren_schemas::args::parse_env;
 use warren_schemas::{ModuleRef, Outcome, Task, TaskResult};
 
-use crate::registry::ModuleRegistry;
+use crate::registry::{self, ModuleRegistry};
 use crate::runner::{default_worker_id, TaskRunner};
 use crate::{ModuleSource, SandboxConfig};
 
@@ -71,7 +71,9 @@ pub fn run_exec(args: ExecArgs) -> anyhow::Result<i32> {
         eprintln!(
             "warren: modules available in {}: {}",
             modules_dir.display(),
-            module_names(&modules_dir).join(", ")
+            registry::module_names(&modules_dir)
+                .unwrap_or_default()
+                .join(", ")
         );
     }
     Ok(result.outcome.exit_code())
@@ -97,20 +99,6 @@ fn resolve_target(
         registry.load_file(&file)?;
     }
     Ok(wanted)
-}
-
-/// The module names of `dir` (its `.wasm` file stems), sorted; none when it cannot be read.
-fn module_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|e| e == "wasm"))
-        .filter_map(|path| Some(path.file_stem()?.to_str()?.to_owned()))
-        .collect();
-    names.sort();
-    names
 }
 
 fn read_input(input: Option<&Path>) -> anyhow::Result<Vec<u8>> {

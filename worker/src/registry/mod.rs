@@ -441,6 +441,16 @@ impl ModuleRegistry {
     }
 }
 
+/// The module names of `dir` (its `.wasm` files' stems), sorted, without loading any.
+pub fn module_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = scan_wasm_files(dir)?
+        .keys()
+        .filter_map(|path| module_name(path))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 fn module_name(path: &Path) -> Option<String> {
     path.file_stem()?.to_str().map(str::to_owned)
 }
