@@ -5,8 +5,24 @@
 # changed: cargo skips the build, and a file in dist/ is replaced only when its bytes differ,
 # so a worker hot-reloading dist/ sees no spurious changes.
 #
+# Then the language runners (py, csvstats, js: lang/build.sh), which need python3 and npm:
+#   --languages=auto  (default) builds them when python3 and npm are installed, else says so
+#   --languages=yes   builds them or fails (the test suite uses this)
+#   --languages=no    skips them
+#
 # CARGO_TARGET_DIR may point elsewhere; it defaults to modules/target.
 set -euo pipefail
+
+languages=auto
+for arg in "$@"; do
+  case "$arg" in
+    --languages=auto | --languages=yes | --languages=no) languages="${arg#--languages=}" ;;
+    *)
+      echo "usage: modules/build.sh [--languages=auto|yes|no]" >&2
+      exit 2
+      ;;
+  esac
+done
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # Programs also shipped as components, named <name>-c: two useful ones and those the outcome
@@ -57,3 +73,15 @@ done
 for name in "${COMPONENTS[@]}"; do
   install_guest "$target_dir/wasm32-wasip2/release/$name.wasm" "$name-c"
 done
+
+case "$languages" in
+  no) ;;
+  yes) bash "$here/lang/build.sh" "$dist" ;;
+  auto)
+    if command -v python3 > /dev/null && command -v npm > /dev/null; then
+      bash "$here/lang/build.sh" "$dist"
+    else
+      echo "skipping py, csvstats and js: they need python3 and npm (Node 20); see modules/README.md"
+    fi
+    ;;
+esac

@@ -35,17 +35,29 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-/// `modules/dist`, with every guest module built (once per test process).
+/// `modules/dist`, with every guest module built, the language runners too (once per test
+/// process), and compiled into the [`shared_aot_cache`] before any test loads them: a language
+/// runner takes seconds to compile, so tests load it from the cache instead of each compiling it.
 pub fn modules_dir() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let root = repo_root();
         let status = Command::new("bash")
             .arg(root.join("modules/build.sh"))
+            .arg("--languages=yes")
             .status()
             .expect("cannot run modules/build.sh");
         assert!(status.success(), "modules/build.sh failed");
-        root.join("modules/dist")
+        let dist = root.join("modules/dist");
+        let report = registry(test_config(1), &shared_aot_cache())
+            .load_dir(&dist)
+            .expect("modules dir readable");
+        assert!(
+            report.failed.is_empty(),
+            "built modules must load: {:?}",
+            report.failed
+        );
+        dist
     })
 }
 
@@ -105,24 +117,21 @@ pub fn registry(config: SandboxConfig, cache: &Path) -> Arc<ModuleRegistry> {
     Arc::new(ModuleRegistry::new(sandbox, cache).unwrap_or_else(|error| panic!("{error}")))
 }
 
-/// A runner over every built module, with the given config. The returned temp dir holds the
-/// AOT cache and must outlive the runner.
-pub fn runner_with(config: SandboxConfig) -> (TaskRunner, tempfile::TempDir) {
-    let cache = tempfile::tempdir().expect("temp dir");
-    let registry = registry(config, cache.path());
-    let report = registry
-        .load_dir(modules_dir())
-        .expect("modules dir readable");
+/// A runner over every built module, with the given config, compiled modules from the
+/// [`shared_aot_cache`].
+pub fn runner_with(config: SandboxConfig) -> TaskRunner {
+    let dist = modules_dir();
+    let registry = registry(config, &shared_aot_cache());
+    let report = registry.load_dir(dist).expect("modules dir readable");
     assert!(
         report.failed.is_empty(),
         "built modules must load: {:?}",
         report.failed
     );
-    let runner = TaskRunner::new(registry, "test-worker");
-    (runner, cache)
+    TaskRunner::new(registry, "test-worker")
 }
 
 /// A runner with [`test_config`] and two slots.
-pub fn runner() -> (TaskRunner, tempfile::TempDir) {
+pub fn runner() -> TaskRunner {
     runner_with(test_config(2))
 }

@@ -27,7 +27,7 @@ fn resident_kib() -> u64 {
 #[test]
 fn histogram_samples_do_not_pile_up_without_a_scrape() {
     let handle = metrics::install_with_upkeep(Duration::from_millis(10)).expect("install");
-    let (runner, _cache) = runner();
+    let runner = runner();
     let result = runner.run_here(Task::new(ModuleRef::latest("echo"), b"hi".to_vec()), 1);
     assert_eq!(result.outcome, Outcome::Success, "{result:?}");
 

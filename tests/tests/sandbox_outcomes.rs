@@ -34,7 +34,7 @@ fn kinds(program: &str) -> [String; 2] {
 
 #[test]
 fn useful_modules_compute_the_right_answers() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     for echo in kinds("echo") {
         let result = run(&runner, task(&echo, b"hello\x00world", &[]));
         assert_eq!(
@@ -84,7 +84,7 @@ fn useful_modules_compute_the_right_answers() {
 
 #[test]
 fn malformed_csv_is_a_nonzero_exit_not_a_crash() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     let result = run(&runner, task("csv2json", b"a,b\n1,2,3\n", &[]));
     assert_eq!(result.outcome, Outcome::NonZeroExit { code: 2 });
     assert_eq!(result.exit_code, Some(2));
@@ -97,7 +97,7 @@ fn malformed_csv_is_a_nonzero_exit_not_a_crash() {
 
 #[test]
 fn lookup_reads_its_large_table_consistently() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     let mut tables = Vec::new();
     for lookup in kinds("lookup") {
         let first = run(&runner, task(&lookup, b"1\n2\n1\n", &[]));
@@ -136,7 +136,7 @@ fn lookup_reads_its_large_table_consistently() {
 
 #[test]
 fn every_exit_code_is_reported_as_is() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     for exit in kinds("exit") {
         for code in 0..=255 {
             let result = run(&runner, task(&exit, b"", &[&code.to_string()]));
@@ -153,7 +153,7 @@ fn every_exit_code_is_reported_as_is() {
 
 #[test]
 fn panics_and_wasm_traps_are_trap_outcomes() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     for trap in kinds("trap") {
         let panic = run(&runner, task(&trap, b"", &[]));
         assert!(
@@ -183,7 +183,7 @@ fn panics_and_wasm_traps_are_trap_outcomes() {
 
 #[test]
 fn unbounded_recursion_is_a_stack_overflow_trap() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     for recurse in kinds("recurse") {
         let result = run(&runner, task(&recurse, b"", &[]));
         match &result.outcome {
@@ -198,7 +198,7 @@ fn unbounded_recursion_is_a_stack_overflow_trap() {
 
 #[test]
 fn cpu_deadline_obeyed() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     for spin in kinds("spin") {
         let mut bounded = task(&spin, b"", &["20"]);
         bounded.limits.timeout_ms = Some(5_000);
@@ -213,7 +213,7 @@ fn cpu_deadline_obeyed() {
 
 #[test]
 fn cpu_deadline_violated() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     for spin in kinds("spin") {
         let mut forever = task(&spin, b"", &[]);
         forever.limits.timeout_ms = Some(100);
@@ -225,7 +225,7 @@ fn cpu_deadline_violated() {
 
 #[test]
 fn sleeping_guest_obeys_the_deadline() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     for sleep in kinds("sleep") {
         let mut short = task(&sleep, b"woke", &["30"]);
         short.limits.timeout_ms = Some(5_000);
@@ -244,7 +244,7 @@ fn sleeping_guest_obeys_the_deadline() {
 
 #[test]
 fn sleeping_past_the_deadline_is_a_timeout() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     for sleep in kinds("sleep") {
         let mut long = task(&sleep, b"", &["600000"]);
         long.limits.timeout_ms = Some(150);
@@ -267,7 +267,7 @@ fn sleeping_past_the_deadline_is_a_timeout() {
 #[test]
 fn memory_limit_obeyed() {
     // lookup's 24 MiB table needs a memory above 24 MiB.
-    let (runner, _cache) = runner();
+    let runner = runner();
     for lookup in kinds("lookup") {
         let mut roomy = task(&lookup, b"3\n", &[]);
         roomy.limits.max_memory_bytes = Some(64 << 20);
@@ -277,7 +277,7 @@ fn memory_limit_obeyed() {
 
 #[test]
 fn memory_limit_violated_at_instantiation_and_at_runtime() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     for (lookup, membomb) in kinds("lookup").into_iter().zip(kinds("membomb")) {
         let mut tight = task(&lookup, b"3\n", &[]);
         tight.limits.max_memory_bytes = Some(16 << 20);
@@ -304,7 +304,7 @@ fn memory_limit_violated_at_instantiation_and_at_runtime() {
 
 #[test]
 fn memory_bomb_is_stopped_by_the_worker_cap() {
-    let (runner, _cache) = runner_with(warren_worker::SandboxConfig {
+    let runner = runner_with(warren_worker::SandboxConfig {
         max_memory: 48 << 20,
         ..test_config(1)
     });
@@ -322,7 +322,7 @@ fn memory_bomb_is_stopped_by_the_worker_cap() {
 
 #[test]
 fn output_limit_obeyed() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     for echo in kinds("echo") {
         let mut exact = task(&echo, &[b'x'; 1000], &[]);
         exact.limits.max_output_bytes = Some(1000);
@@ -337,7 +337,7 @@ fn output_limit_obeyed() {
 
 #[test]
 fn output_limit_violated() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     for (echo, flood) in kinds("echo").into_iter().zip(kinds("flood")) {
         let mut over = task(&echo, &[b'x'; 1001], &[]);
         over.limits.max_output_bytes = Some(1000);
@@ -364,7 +364,7 @@ fn output_limit_violated() {
 
 #[test]
 fn stderr_flood_is_truncated_and_ends_at_the_deadline() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     for flood in kinds("flood") {
         let mut flood_task = task(&flood, b"", &["stderr"]);
         flood_task.limits.timeout_ms = Some(300);
@@ -385,7 +385,7 @@ fn stderr_flood_is_truncated_and_ends_at_the_deadline() {
 
 #[test]
 fn escape_attempts_fail_inside_the_sandbox() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     for escape in kinds("escape") {
         let mut attempt = task(&escape, b"", &["--flag", "two words"]);
         attempt.env = vec![("GREETING".into(), "hi".into())];
@@ -418,7 +418,7 @@ fn escape_attempts_fail_inside_the_sandbox() {
 
 #[test]
 fn unknown_module_and_bad_reference_are_outcomes() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     let missing = run(&runner, task("no-such-module", b"", &[]));
     assert_eq!(
         missing.outcome,
@@ -449,7 +449,7 @@ fn unknown_module_and_bad_reference_are_outcomes() {
 
 #[test]
 fn results_carry_module_version_timings_and_batch() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     let mut t = task("echo", b"x", &[]);
     t.submitted_at_unix_ns -= 5_000_000; // submitted 5 ms ago
     t.batch = Some(warren_schemas::BatchRef {
@@ -472,7 +472,7 @@ fn results_carry_module_version_timings_and_batch() {
 
 #[test]
 fn concurrent_tasks_each_get_their_own_sandbox() {
-    let (runner, _cache) = runner();
+    let runner = runner();
     let runner = std::sync::Arc::new(runner);
     let handles: Vec<_> = (0..8)
         .map(|i| {

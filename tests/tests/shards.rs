@@ -20,7 +20,7 @@ fn warm_after_alternating(warm_modules: usize) -> u64 {
         max_memories_per_component: 1,
         ..test_config(1)
     };
-    let (runner, _cache) = runner_with(config);
+    let runner = runner_with(config);
     for _ in 0..3 {
         run(&runner, "echo");
         run(&runner, "upper");
@@ -53,7 +53,7 @@ fn every_concurrent_task_has_its_own_shard() {
         warm_modules: 1,
         ..test_config(3)
     };
-    let (runner, _cache) = runner_with(config);
+    let runner = runner_with(config);
     assert_eq!(runner.registry().sandbox().shard_count(), 3);
     std::thread::scope(|scope| {
         for _ in 0..3 {

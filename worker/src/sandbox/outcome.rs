@@ -9,7 +9,8 @@ use super::wasi::{GuestExit, WallClockExceeded};
 use super::Limits;
 
 /// Classifies the end of a run. `memory_limit_hit` says whether the limiter refused a growth,
-/// which explains the abort most guests perform when allocation fails.
+/// which explains the abort most guests perform when allocation fails, and a non-zero exit
+/// that follows it.
 pub fn classify(
     ended: wasmtime::Result<()>,
     memory_limit_hit: bool,
@@ -22,6 +23,14 @@ pub fn classify(
     if let Some(GuestExit(code)) = error.downcast_ref::<GuestExit>() {
         return match *code {
             0 => (Outcome::Success, Some(0)),
+            // A guest that reports a refused growth and gives up (Python's MemoryError, a C
+            // program checking malloc) failed because of the limit; its exit code is kept.
+            code if memory_limit_hit => (
+                Outcome::MemoryLimitExceeded {
+                    limit_bytes: limits.max_memory,
+                },
+                Some(code),
+            ),
             code => (Outcome::NonZeroExit { code }, Some(code)),
         };
     }
@@ -58,4 +67,32 @@ pub fn classify(
         None => format!("{error:#}"),
     };
     (Outcome::Trap { message }, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        timeout: Duration::from_secs(1),
+        max_memory: 64 << 20,
+        max_output: 1 << 20,
+    };
+
+    fn exit(code: i32, memory_limit_hit: bool) -> (Outcome, Option<i32>) {
+        classify(Err(GuestExit(code).into()), memory_limit_hit, &LIMITS)
+    }
+
+    #[test]
+    fn an_exit_is_the_guests_answer_unless_it_follows_a_refused_growth() {
+        assert_eq!(exit(3, false), (Outcome::NonZeroExit { code: 3 }, Some(3)));
+        let limit = Outcome::MemoryLimitExceeded {
+            limit_bytes: 64 << 20,
+        };
+        assert_eq!(exit(1, true), (limit, Some(1)));
+        // A guest that recovered from the refusal and succeeded did succeed.
+        assert_eq!(exit(0, true), (Outcome::Success, Some(0)));
+    }
 }
