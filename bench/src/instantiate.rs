@@ -31,7 +31,7 @@ use warren_worker::{ModuleRegistry, ModuleSource, SandboxConfig};
 
 use crate::baseline::{self, Instantiation};
 use crate::baseline_component::ComponentCommand;
-use crate::stats::percentile;
+use crate::stats::{human_ns, percentile};
 
 /// Arguments of `warren-bench instantiate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -265,13 +265,5 @@ fn print_table(rows: &[BenchRow]) {
                 c.tasks_per_s / a.tasks_per_s.max(f64::MIN_POSITIVE),
             );
         }
-    }
-}
-
-fn human_ns(ns: u64) -> String {
-    match ns {
-        0..=9_999 => format!("{ns} ns"),
-        10_000..=9_999_999 => format!("{:.1} µs", ns as f64 / 1e3),
-        _ => format!("{:.2} ms", ns as f64 / 1e6),
     }
 }

@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`instantiate`]: instantiation strategies side by side: naive, CoW + `InstancePre`, warren's
 //!   pool.
+//! - [`guests`]: the Python and JavaScript runners against the preview1 CPython they replace.
 //! - [`executor`]: warren's task path without a broker vs the smallest raw wasmtime loop.
 //! - [`queue`]: tasks/s and latency through RabbitMQ, next to the null worker.
 //! - [`soak`]: many tasks through one worker process, watching for leaks.
@@ -24,6 +25,7 @@ pub mod baseline;
 pub mod baseline_component;
 pub mod broker;
 pub mod executor;
+pub mod guests;
 pub mod instantiate;
 pub mod null;
 pub mod queue;
@@ -32,6 +34,7 @@ pub mod stats;
 pub mod workers;
 
 pub use executor::{run_executor_bench, ExecutorBenchArgs};
+pub use guests::{run_guests_bench, GuestsBenchArgs};
 pub use instantiate::{run_instantiate_bench, InstantiateBenchArgs};
 pub use queue::{run_queue_bench, QueueBenchArgs};
 pub use soak::{run_soak, SoakArgs};

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use warren_bench::{
-    run_executor_bench, run_instantiate_bench, run_queue_bench, run_soak, ExecutorBenchArgs,
-    InstantiateBenchArgs, QueueBenchArgs, SoakArgs,
+    run_executor_bench, run_guests_bench, run_instantiate_bench, run_queue_bench, run_soak,
+    ExecutorBenchArgs, GuestsBenchArgs, InstantiateBenchArgs, QueueBenchArgs, SoakArgs,
 };
 use warren_worker::process;
 
@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Instantiation strategies side by side: naive, CoW + InstancePre, warren's pool.
     Instantiate(InstantiateBenchArgs),
+    /// The Python and JavaScript runners next to the preview1 CPython command they replace.
+    Guests(GuestsBenchArgs),
     /// warren's task path without a broker vs a raw wasmtime loop, on all cores.
     Executor(ExecutorBenchArgs),
     /// Tasks/s and end-to-end latency through RabbitMQ, next to a null worker's ceiling.
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Instantiate(args) => run_instantiate_bench(&args).map(|_| 0),
         Command::Executor(args) => run_executor_bench(&args).map(|_| 0),
+        Command::Guests(args) => run_guests_bench(&args).map(|_| 0),
         Command::Queue(args) => run_queue_bench(&args).map(|_| 0),
         Command::Soak(args) => run_soak(&args),
     };

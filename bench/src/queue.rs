@@ -40,6 +40,16 @@ pub enum Case {
     TrivialX2,
     /// One worker, the 24 MiB data module (`lookup`).
     Data,
+    /// One worker, the Python runner (`py`) on a hello-world program.
+    Python,
+    /// Two worker processes of one lane each, the Python runner: a process per core instead of
+    /// a lane per core (see BENCHMARKS.md, "Python and JavaScript").
+    PythonX2,
+    /// One worker, the JavaScript runner (`js`) on a hello-world program.
+    Javascript,
+    /// One worker, the preview1 CPython command (`warren-bench guests` fetches it) on the same
+    /// program as `python`: what the runner replaces.
+    CpythonP1,
 }
 
 impl Case {
@@ -49,27 +59,37 @@ impl Case {
             Case::Trivial => "trivial",
             Case::TrivialX2 => "trivial-x2",
             Case::Data => "data-24MiB",
+            Case::Python => "python",
+            Case::PythonX2 => "python-x2",
+            Case::Javascript => "javascript",
+            Case::CpythonP1 => "cpython-p1",
         }
     }
 
     fn module(self) -> &'static str {
         match self {
             Case::Data => "lookup",
+            Case::Python | Case::PythonX2 => "py",
+            Case::Javascript => "js",
+            Case::CpythonP1 => "cpython-p1",
             _ => "echo",
         }
     }
 
     fn processes(self) -> usize {
         match self {
-            Case::TrivialX2 => 2,
+            Case::TrivialX2 | Case::PythonX2 => 2,
             _ => 1,
         }
     }
 
-    /// Same size for every case, so results are the same size too.
+    /// The echo cases' inputs are the same size, so their results are too; the language cases
+    /// run a hello-world program.
     fn input(self) -> &'static [u8] {
         match self {
             Case::Data => b"4242\n",
+            Case::Python | Case::PythonX2 | Case::CpythonP1 => b"print('hello, world')\n",
+            Case::Javascript => b"console.log('hello, world');\n",
             _ => b"warren\n",
         }
     }
@@ -374,6 +394,14 @@ fn bench_task(case: Case, index: usize) -> Task {
     task
 }
 
+/// A modules directory holding only the preview1 CPython command, as `cpython-p1`.
+fn cpython_modules(source: &ModuleSource) -> anyhow::Result<tempfile::TempDir> {
+    let wasm = crate::guests::fetch_cpython(&source.cache_dir()?)?;
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(&wasm, dir.path().join("cpython-p1.wasm"))?;
+    Ok(dir)
+}
+
 /// Unconfirmed publishes at most: enough to keep the broker busy while the queue fills.
 const OUTSTANDING_CONFIRMS: usize = 2048;
 
@@ -434,15 +462,32 @@ impl Results {
 /// The worker processes of one case.
 struct WorkerProcesses {
     workers: Vec<WorkerProcess>,
+    /// The `cpython-p1` case's modules directory, alive while its workers are.
+    _modules: Option<tempfile::TempDir>,
 }
 
 impl WorkerProcesses {
     fn start(args: &QueueBenchArgs, case: Case, topology: &Topology) -> anyhow::Result<Self> {
+        let (source, modules) = match case {
+            Case::CpythonP1 => {
+                let modules = cpython_modules(&args.source)?;
+                let source = ModuleSource {
+                    modules_dir: modules.path().to_owned(),
+                    cache_dir: Some(args.source.cache_dir()?),
+                };
+                (source, Some(modules))
+            }
+            _ => (args.source.clone(), None),
+        };
+        let mut worker_args = args.worker_args.clone();
+        if case == Case::PythonX2 {
+            worker_args.push("--max-concurrent-tasks=1".to_owned());
+        }
         let launch = WorkerLaunch {
             amqp_url: &args.broker.amqp_url,
             topology,
-            source: &args.source,
-            worker_args: &args.worker_args,
+            source: &source,
+            worker_args: &worker_args,
         };
         let binary = match case {
             Case::Null => WorkerBinary::NullWorker,
@@ -451,7 +496,10 @@ impl WorkerProcesses {
         let workers = (0..case.processes())
             .map(|_| workers::start(&launch, binary))
             .collect::<anyhow::Result<_>>()?;
-        Ok(WorkerProcesses { workers })
+        Ok(WorkerProcesses {
+            workers,
+            _modules: modules,
+        })
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
