@@ -10,9 +10,13 @@
 
 ARG RUST_VERSION=1.95
 
-# ---- build: guest modules (wasm32-wasip1) and both binaries, in release --------------------------
+# ---- build: guest modules (wasm32-wasip1/-wasip2, the Python and JavaScript runners) and both
+# binaries, in release ---------------------------------------------------------------------------
 FROM rust:${RUST_VERSION}-bookworm AS build
-RUN rustup target add wasm32-wasip1
+RUN rustup target add wasm32-wasip1 wasm32-wasip2 \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends python3-venv nodejs npm \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and both target directories between builds; the results are
@@ -20,7 +24,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     --mount=type=cache,target=/src/modules/target \
-    bash modules/build.sh \
+    bash modules/build.sh --languages=yes \
  && cargo build --release --locked -p warren-worker -p warren \
  && mkdir -p /out/bin /out/modules \
  && cp target/release/warren-worker target/release/warren /out/bin/ \
