@@ -217,6 +217,15 @@ fn js_cases() -> Vec<Case> {
             )
         },
         Case {
+            outcome: Outcome::NonZeroExit { code: 1 },
+            stderr: &["Uncaught Error: late"],
+            ..Case::new(
+                "rejected last promise",
+                "js",
+                "(async () => { await null; throw new Error('late'); })()\n",
+            )
+        },
+        Case {
             outcome: Outcome::NonZeroExit { code: 3 },
             stdout: &["partial"],
             ..Case::new(
