@@ -275,6 +275,122 @@ async fn unknown_module_gives_module_not_found_outcomes_and_a_nonzero_exit() {
     broker.cleanup().await;
 }
 
+/// Programs that answer through their exit code: with `--ok-exit-codes` the listed codes are
+/// successes (in `results.jsonl`, the summary and the exit status), the code itself recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ok_exit_codes_count_as_success_in_batches_and_submit() {
+    let broker = TestBroker::new().await;
+    let worker = WorkerProcess::start(&broker.topology, 2, &[]);
+    let warren = WarrenCli::new(&broker.topology);
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in.jsonl");
+    let lines: String = [
+        ("sat", "10"),
+        ("unsat", "20"),
+        ("zero", "0"),
+        ("error", "3"),
+    ]
+    .iter()
+    .map(|(name, code)| format!("{{\"name\": \"{name}\", \"args\": [\"{code}\"]}}\n"))
+    .collect();
+    std::fs::write(&inputs, lines).unwrap();
+    let batch = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "batch",
+            "exit",
+            "--ok-exit-codes",
+            "0,10,20",
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        tokio::task::block_in_place(|| warren.run(&args))
+    };
+
+    let out = dir.path().join("out");
+    let output = batch(&out, &[]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "3 exits 3: {stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("nonzero_exit 1, success 3"), "{stdout}");
+    assert!(stderr.contains("1 of 4 tasks did not succeed"), "{stderr}");
+    let by_name: HashMap<String, serde_json::Value> = results(&out)
+        .into_iter()
+        .map(|r| (r["name"].as_str().unwrap().to_owned(), r))
+        .collect();
+    for (name, outcome, code) in [
+        ("sat", "success", 10),
+        ("unsat", "success", 20),
+        ("zero", "success", 0),
+        ("error", "nonzero_exit", 3),
+    ] {
+        assert_eq!(
+            (
+                by_name[name]["outcome"].as_str(),
+                by_name[name]["exit_code"].as_i64()
+            ),
+            (Some(outcome), Some(code)),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        manifest(&out)["ok_exit_codes"],
+        serde_json::json!([0, 10, 20])
+    );
+    delete_queue(&results_queue(&out)).await;
+
+    // Without the failing line, the batch succeeds.
+    std::fs::write(&inputs, "{\"args\": [\"10\"]}\n{\"args\": [\"20\"]}\n").unwrap();
+    let out = dir.path().join("out-ok");
+    let output = batch(&out, &[]);
+    assert_eq!(output.status.code(), Some(0), "{:?}", text(&output));
+    delete_queue(&results_queue(&out)).await;
+
+    // submit --wait exits 0 for a listed code and reports the code; others pass through.
+    let submit = |code: &str, ok: &str| {
+        tokio::task::block_in_place(|| {
+            warren.run(&[
+                "submit",
+                "exit",
+                "--ok-exit-codes",
+                ok,
+                "--wait",
+                "--",
+                code,
+            ])
+        })
+    };
+    let output = submit("10", "0,10,20");
+    assert_eq!(output.status.code(), Some(0), "{:?}", text(&output));
+    assert!(
+        text(&output)
+            .1
+            .contains("exited with code 10 (success by --ok-exit-codes 0,10,20)"),
+        "{:?}",
+        text(&output)
+    );
+    assert_eq!(submit("3", "0,10,20").status.code(), Some(3));
+    assert_eq!(submit("0", "1").status.code(), Some(0), "0 always succeeds");
+
+    // A bad list is refused by name before anything is sent.
+    let output = tokio::task::block_in_place(|| {
+        warren.run(&["submit", "exit", "--ok-exit-codes", "0,x", "--wait"])
+    });
+    assert_eq!(output.status.code(), Some(2), "{:?}", text(&output));
+    assert!(
+        text(&output).1.contains("--ok-exit-codes"),
+        "{:?}",
+        text(&output)
+    );
+    drop(worker);
+    broker.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_wait_returns_the_guest_output_and_exit_code() {
     let broker = TestBroker::new().await;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use warren_schemas::{ModuleRef, TaskId, TaskLimits};
 
+use super::OkExitCodes;
 use crate::error::{ProducerError, Result};
 
 /// File name of the manifest inside the output directory.
@@ -43,6 +44,9 @@ pub struct Manifest {
     pub env: Vec<(String, String)>,
     /// Limits of every task.
     pub limits: TaskLimits,
+    /// Exit codes that count as success (`--ok-exit-codes`; `0` for batches from before it).
+    #[serde(default)]
+    pub ok_exit_codes: OkExitCodes,
     /// The `--inputs` path, absolute.
     pub inputs: PathBuf,
     /// One entry per input, in index order.

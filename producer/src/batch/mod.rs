@@ -16,6 +16,7 @@
 //! - [`journal`]: `.warren-published`, what reached the broker.
 //! - [`sink`]: `<name>.out`, `<name>.err`, `results.jsonl`.
 //! - [`summary`]: counts and latency percentiles.
+//! - [`ok_codes`]: which exit codes count as success (`--ok-exit-codes`).
 //! - [`late`]: results that arrived after the batch's results queue expired, taken from the
 //!   unroutable-results queue.
 //! - `drive`: the publish and collect loops, run side by side.
@@ -26,6 +27,7 @@ pub mod inputs;
 pub mod journal;
 pub mod late;
 pub mod manifest;
+pub mod ok_codes;
 pub mod sink;
 pub mod summary;
 
@@ -45,6 +47,7 @@ use inputs::BatchInput;
 use journal::Journal;
 use late::LateResults;
 use manifest::{results_queue_name, Manifest, ManifestTask, MANIFEST_VERSION};
+pub use ok_codes::OkExitCodes;
 use sink::{Record, Sink};
 use summary::Summary;
 
@@ -62,6 +65,8 @@ pub struct BatchSpec {
     pub env: Vec<(String, String)>,
     /// Limits for every task.
     pub limits: TaskLimits,
+    /// Exit codes that count as success in `results.jsonl`, the summary and the exit status.
+    pub ok_exit_codes: OkExitCodes,
 }
 
 /// How to run a batch.
@@ -200,6 +205,7 @@ pub async fn run(
         args: spec.args,
         env: spec.env,
         limits: spec.limits,
+        ok_exit_codes: spec.ok_exit_codes,
         inputs: std::path::absolute(inputs_path).unwrap_or_else(|_| inputs_path.to_owned()),
         tasks: inputs
             .iter()
@@ -218,7 +224,7 @@ pub async fn run(
         .await?;
     info!(batch_id = %batch_id, out = %out.display(), inputs = inputs.len(), "batch created");
     let (journal, _) = Journal::open(&out)?;
-    let sink = Sink::open(&out)?;
+    let sink = Sink::open(&out, manifest.ok_exit_codes.clone())?;
     let to_publish: Vec<(u64, BatchInput)> = (0u64..).zip(inputs).collect();
     let run = Run {
         producer,
@@ -255,7 +261,7 @@ pub async fn collect(
         warn!(batch = %manifest.tasks_queue, now = %producer.topology().tasks, "the batch was published to another task queue; republishing goes to the current one");
     }
     let (journal, state) = Journal::open(out)?;
-    let mut sink = Sink::open(out)?;
+    let mut sink = Sink::open(out, manifest.ok_exit_codes.clone())?;
     let done = |sink: &Sink| -> HashSet<u64> { sink.records().iter().map(|r| r.index).collect() };
     let on_disk = done(&sink);
     // Sent but unconfirmed: maybe lost, so sent again (same task id; duplicates are dropped).

@@ -15,8 +15,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use warren_schemas::{TaskId, TaskResult};
+use warren_schemas::{Outcome, TaskId, TaskResult};
 
+use super::OkExitCodes;
 use crate::error::{ProducerError, Result};
 
 /// File name of the results log inside the output directory.
@@ -31,7 +32,7 @@ pub struct Record {
     pub index: u64,
     /// The input's name.
     pub name: String,
-    /// Outcome label: `success`, `nonzero_exit`, `trap`, `timeout`, `memory_limit`,
+    /// Outcome label: `success` (an exit code among `--ok-exit-codes`, 0 by default), `nonzero_exit`, `trap`, `timeout`, `memory_limit`,
     /// `output_limit`, `module_not_found`, `invalid_task`, `result_refused`.
     pub outcome: String,
     /// The outcome in words (exit code, trap message, limit, ...).
@@ -62,14 +63,20 @@ pub struct Record {
 }
 
 impl Record {
-    /// The record for `result` of input `name` at `index`.
-    pub fn new(result: &TaskResult, index: u64, name: &str) -> Self {
+    /// The record for `result` of input `name` at `index`; `ok` says which exit codes count as
+    /// success.
+    pub fn new(result: &TaskResult, index: u64, name: &str, ok: &OkExitCodes) -> Self {
         let us = |ns: u64| ns as f64 / 1_000.0;
+        let outcome = if ok.accepts(&result.outcome) {
+            Outcome::Success.label()
+        } else {
+            result.outcome.label()
+        };
         Record {
             task_id: result.task_id,
             index,
             name: name.to_owned(),
-            outcome: result.outcome.label().to_owned(),
+            outcome: outcome.to_owned(),
             detail: result.outcome.to_string(),
             exit_code: result.outcome.exit_code(),
             module: result
@@ -104,12 +111,14 @@ pub struct Sink {
     records: Vec<Record>,
     /// Task ids in `records`.
     done: HashSet<TaskId>,
+    /// Exit codes that count as success.
+    ok: OkExitCodes,
 }
 
 impl Sink {
     /// Opens `out` (which must exist), reading back the results already written. A torn last
     /// line (crash mid-write) is cut off: its result was never acked and will come again.
-    pub fn open(out: &Path) -> Result<Self> {
+    pub fn open(out: &Path, ok: OkExitCodes) -> Result<Self> {
         let path = out.join(RESULTS_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -158,6 +167,7 @@ impl Sink {
         Ok(Sink {
             out: out.to_owned(),
             log,
+            ok,
             records,
             done,
         })
@@ -185,7 +195,7 @@ impl Sink {
         if !result.stderr.is_empty() {
             write_atomically(&self.out, &format!("{name}.err"), &result.stderr)?;
         }
-        let record = Record::new(result, index, name);
+        let record = Record::new(result, index, name, &self.ok);
         let mut line = serde_json::to_vec(&record)
             .map_err(|e| ProducerError::Internal(format!("record does not serialize: {e}")))?;
         line.push(b'\n');
@@ -209,7 +219,7 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warren_schemas::{Outcome, Timings};
+    use warren_schemas::Timings;
 
     fn result(stdout: &[u8]) -> TaskResult {
         TaskResult {
@@ -230,8 +240,10 @@ mod tests {
     #[test]
     fn a_second_writer_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Sink::open(dir.path()).unwrap();
-        let second = Sink::open(dir.path()).err().expect("locked");
+        let _first = Sink::open(dir.path(), OkExitCodes::default()).unwrap();
+        let second = Sink::open(dir.path(), OkExitCodes::default())
+            .err()
+            .expect("locked");
         assert!(second.to_string().contains("in use"), "{second}");
     }
 
@@ -240,7 +252,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = result(b"one");
         {
-            let mut sink = Sink::open(dir.path()).unwrap();
+            let mut sink = Sink::open(dir.path(), OkExitCodes::default()).unwrap();
             sink.write(&first, 0, "a").unwrap();
         }
         assert_eq!(std::fs::read(dir.path().join("a.out")).unwrap(), b"one");
@@ -249,12 +261,31 @@ mod tests {
         let mut text = std::fs::read_to_string(&log).unwrap();
         text.push_str("{\"task_id\":");
         std::fs::write(&log, text).unwrap();
-        let mut sink = Sink::open(dir.path()).unwrap();
+        let mut sink = Sink::open(dir.path(), OkExitCodes::default()).unwrap();
         assert!(sink.is_done(&first.task_id));
         sink.write(&result(b"two"), 1, "b").unwrap();
         drop(sink);
-        let sink = Sink::open(dir.path()).unwrap();
+        let sink = Sink::open(dir.path(), OkExitCodes::default()).unwrap();
         let names: Vec<_> = sink.records().iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn an_accepted_exit_code_is_recorded_as_success_with_its_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok: OkExitCodes = "0,10".parse().unwrap();
+        let mut sink = Sink::open(dir.path(), ok).unwrap();
+        let mut sat = result(b"sat");
+        sat.outcome = Outcome::NonZeroExit { code: 10 };
+        let mut error = result(b"");
+        error.outcome = Outcome::NonZeroExit { code: 1 };
+        let sat = sink.write(&sat, 0, "sat").unwrap().clone();
+        assert_eq!((sat.outcome.as_str(), sat.exit_code), ("success", 10));
+        assert!(sat.is_success());
+        let error = sink.write(&error, 1, "error").unwrap();
+        assert_eq!(
+            (error.outcome.as_str(), error.exit_code),
+            ("nonzero_exit", 1)
+        );
     }
 }

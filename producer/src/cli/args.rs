@@ -8,6 +8,8 @@ use clap::Args;
 use warren_schemas::args::{parse_bytes, parse_env, parse_nonzero_duration};
 use warren_schemas::{ModuleRef, Topology};
 
+use crate::batch::OkExitCodes;
+
 /// Which queues to use (the worker's flags of the same names).
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Queues")]
@@ -66,6 +68,16 @@ impl TaskArgs {
             max_output_bytes: self.max_output,
         }
     }
+}
+
+/// Which exit codes count as success (`batch`, `submit`, `collect` keeps the batch's).
+#[derive(Debug, Clone, Args)]
+pub struct OkArgs {
+    /// Exit codes that count as success besides 0, e.g. `0,10,20` for a solver that answers
+    /// through its exit code: for `results.jsonl`'s outcome, the summary and the exit status.
+    /// The exit code itself is always recorded.
+    #[arg(long, value_name = "CODES", default_value = "0")]
+    pub ok_exit_codes: OkExitCodes,
 }
 
 /// Where `submit` reads the input from.

@@ -9,7 +9,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::args::{parse_rate, QueueArgs, TaskArgs};
+use super::args::{parse_rate, OkArgs, QueueArgs, TaskArgs};
 use super::progress::Bars;
 use super::resume::Resume;
 use super::EXIT_INTERRUPTED;
@@ -24,6 +24,10 @@ pub struct BatchArgs {
     /// The module, its arguments, environment and limits (for every task).
     #[command(flatten)]
     pub task: TaskArgs,
+
+    /// Which exit codes count as success.
+    #[command(flatten)]
+    pub ok: OkArgs,
 
     /// The inputs: a directory (one task per file in it, not recursive, hidden files skipped)
     /// or a .jsonl file (one task per line; see docs/producer.md for the line format).
@@ -109,6 +113,7 @@ pub async fn run_batch(
         args: args.task.guest_args(),
         env: args.task.env.clone(),
         limits: args.task.limits(),
+        ok_exit_codes: args.ok.ok_exit_codes.clone(),
     };
     let batch_id = Uuid::new_v4();
     let out = args
@@ -125,8 +130,13 @@ pub async fn run_batch(
     let topology = args.queues.topology;
     let producer = Producer::connect(url, topology.clone()).await?;
     let bars = Bars::new(options.wait);
+    let counting = if spec.ok_exit_codes.is_default() {
+        String::new()
+    } else {
+        format!(" (exit codes {} count as success)", spec.ok_exit_codes)
+    };
     bars.println(&format!(
-        "warren: batch of {} tasks running {}",
+        "warren: batch of {} tasks running {}{counting}",
         inputs.len(),
         spec.module
     ));

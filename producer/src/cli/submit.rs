@@ -8,9 +8,10 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use warren_schemas::{Task, TaskResult};
 
-use super::args::{parse_input, InputArg, QueueArgs, TaskArgs};
+use super::args::{parse_input, InputArg, OkArgs, QueueArgs, TaskArgs};
 use super::EXIT_INTERRUPTED;
 use crate::batch::summary::micros;
+use crate::batch::OkExitCodes;
 use crate::Producer;
 use warren_schemas::args::parse_nonzero_duration;
 
@@ -20,6 +21,10 @@ pub struct SubmitArgs {
     /// The module, its arguments, environment and limits.
     #[command(flatten)]
     pub task: TaskArgs,
+
+    /// Which exit codes count as success (with --wait: exit status 0 for them).
+    #[command(flatten)]
+    pub ok: OkArgs,
 
     /// Input for the guest's stdin: a file, or `-` for this process's stdin. Default: empty.
     #[arg(long, value_name = "FILE|-", value_parser = parse_input)]
@@ -96,12 +101,19 @@ pub async fn run(url: &str, args: SubmitArgs, shutdown: CancellationToken) -> an
     };
     let result = result?;
     producer.close().await;
-    report(&result)?;
-    Ok(result.outcome.exit_code())
+    let ok = &args.ok.ok_exit_codes;
+    let accepted = !ok.is_default() && ok.accepts(&result.outcome);
+    report(&result, accepted.then_some(ok))?;
+    Ok(if accepted {
+        0
+    } else {
+        result.outcome.exit_code()
+    })
 }
 
-/// Guest stdout to stdout, guest stderr and a report line to stderr.
-fn report(result: &TaskResult) -> anyhow::Result<()> {
+/// Guest stdout to stdout, guest stderr and a report line to stderr; `accepted` is set when the
+/// exit code counts as success by `--ok-exit-codes`.
+fn report(result: &TaskResult, accepted: Option<&OkExitCodes>) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&result.stdout)?;
     stdout.flush()?;
@@ -117,10 +129,13 @@ fn report(result: &TaskResult) -> anyhow::Result<()> {
         .unwrap_or_else(|| "-".into());
     let t = &result.timings;
     let us = |ns: u64| micros(ns as f64 / 1_000.0);
+    let outcome = match accepted {
+        Some(ok) => format!("{} (success by --ok-exit-codes {ok})", result.outcome),
+        None => result.outcome.to_string(),
+    };
     writeln!(
         stderr,
-        "warren: {} | task {} | module {module} | worker {} (attempt {}) | queue {} | instantiate {} | run {} | total {}",
-        result.outcome,
+        "warren: {outcome} | task {} | module {module} | worker {} (attempt {}) | queue {} | instantiate {} | run {} | total {}",
         result.task_id,
         result.worker_id,
         result.attempt,
