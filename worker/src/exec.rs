@@ -94,10 +94,7 @@ fn resolve_target(
         return Ok(ModuleRef::latest(module.name.clone()));
     }
     let wanted: ModuleRef = target.parse()?;
-    let file = source.modules_dir.join(format!("{}.wasm", wanted.name));
-    if file.is_file() {
-        registry.load_file(&file)?;
-    }
+    source.load_named(registry, &wanted.name)?;
     Ok(wanted)
 }
 

@@ -85,6 +85,17 @@ impl ModuleSource {
         Ok(())
     }
 
+    /// Loads only the module `name` (`<dir>/<name>.wasm`, from the AOT cache when it is there):
+    /// a directory of large modules costs nothing until one is used. A missing file is not an
+    /// error here; a task naming it then ends as module not found.
+    pub fn load_named(&self, registry: &ModuleRegistry, name: &str) -> anyhow::Result<()> {
+        let file = self.modules_dir.join(format!("{name}.wasm"));
+        if file.is_file() {
+            registry.load_file(&file)?;
+        }
+        Ok(())
+    }
+
     /// The cache directory to use: `--cache`, else the per-user default
     /// ([`aot_cache::default_dir`]).
     pub fn cache_dir(&self) -> Result<std::path::PathBuf, aot_cache::CacheError> {

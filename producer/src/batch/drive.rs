@@ -177,36 +177,7 @@ impl Run<'_> {
 
     /// The task for input `index`.
     fn task(&self, index: u64, input: &BatchInput) -> Result<Task> {
-        let entry = self.manifest.task(index).ok_or_else(|| {
-            ProducerError::Internal(format!("task {index} is not in the manifest"))
-        })?;
-        let bytes = input.read().map_err(|e| match &input.data {
-            inputs::InputData::File(path) => ProducerError::io(path, e),
-            inputs::InputData::Inline(_) => ProducerError::Internal(e.to_string()),
-        })?;
-        let mut task = Task::new(self.manifest.module.clone(), bytes);
-        task.id = entry.task_id;
-        task.args = self
-            .manifest
-            .args
-            .iter()
-            .chain(&input.args)
-            .cloned()
-            .collect();
-        task.env = self
-            .manifest
-            .env
-            .iter()
-            .filter(|(k, _)| !input.env.iter().any(|(k2, _)| k2 == k))
-            .chain(&input.env)
-            .cloned()
-            .collect();
-        task.limits = self.manifest.limits;
-        task.batch = Some(BatchRef {
-            batch_id: self.manifest.batch_id,
-            index,
-        });
-        Ok(task)
+        build_task(self.manifest, index, input)
     }
 
     /// Writes results until every index in `expected` has one, or `stop`. Returns how many this
@@ -287,4 +258,32 @@ impl Run<'_> {
             }
         }
     }
+}
+
+/// The task of `manifest`'s input `index`: its id, module, args and env (the batch's, then the
+/// input's), limits and place in the batch.
+pub(super) fn build_task(manifest: &Manifest, index: u64, input: &BatchInput) -> Result<Task> {
+    let entry = manifest
+        .task(index)
+        .ok_or_else(|| ProducerError::Internal(format!("task {index} is not in the manifest")))?;
+    let bytes = input.read().map_err(|e| match &input.data {
+        inputs::InputData::File(path) => ProducerError::io(path, e),
+        inputs::InputData::Inline(_) => ProducerError::Internal(e.to_string()),
+    })?;
+    let mut task = Task::new(manifest.module.clone(), bytes);
+    task.id = entry.task_id;
+    task.args = manifest.args.iter().chain(&input.args).cloned().collect();
+    task.env = manifest
+        .env
+        .iter()
+        .filter(|(k, _)| !input.env.iter().any(|(k2, _)| k2 == k))
+        .chain(&input.env)
+        .cloned()
+        .collect();
+    task.limits = manifest.limits;
+    task.batch = Some(BatchRef {
+        batch_id: manifest.batch_id,
+        index,
+    });
+    Ok(task)
 }

@@ -20,12 +20,14 @@
 //! - [`late`]: results that arrived after the batch's results queue expired, taken from the
 //!   unroutable-results queue.
 //! - `drive`: the publish and collect loops, run side by side.
+//! - [`local`]: `--local`, the batch run in this process on the worker's sandbox.
 //! - this file: starting a batch, resuming one.
 
 mod drive;
 pub mod inputs;
 pub mod journal;
 pub mod late;
+pub mod local;
 pub mod manifest;
 pub mod ok_codes;
 pub mod sink;

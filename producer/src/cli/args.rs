@@ -80,6 +80,41 @@ pub struct OkArgs {
     pub ok_exit_codes: OkExitCodes,
 }
 
+/// `--local`: run in this process, on the worker's sandbox, instead of through the broker.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Local (no broker)")]
+pub struct LocalArgs {
+    /// Run the tasks in this process, with no broker, on the same sandbox, limits and outcomes
+    /// as a worker (the worker's default caps; --timeout etc. lower them). Only the module the
+    /// tasks name is loaded, from the AOT cache when it is there.
+    #[arg(long)]
+    pub local: bool,
+
+    /// With --local: tasks run at once. Default: the number of CPUs.
+    #[arg(long, requires = "local", value_parser = warren_schemas::args::parse_positive)]
+    pub concurrency: Option<usize>,
+
+    /// With --local: where the modules and the AOT cache are.
+    #[command(flatten)]
+    pub source: warren_worker::ModuleSource,
+}
+
+impl LocalArgs {
+    /// A runner of `module` with `--concurrency` lanes (`default_lanes` when not given).
+    pub fn runner(
+        &self,
+        module: &str,
+        default_lanes: usize,
+    ) -> anyhow::Result<crate::batch::local::LocalRunner> {
+        crate::batch::local::LocalRunner::open(
+            &self.source,
+            warren_worker::SandboxConfig::default(),
+            self.concurrency.unwrap_or(default_lanes),
+            module,
+        )
+    }
+}
+
 /// Where `submit` reads the input from.
 #[derive(Debug, Clone)]
 pub enum InputArg {

@@ -9,7 +9,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::args::{parse_rate, OkArgs, QueueArgs, TaskArgs};
+use super::args::{parse_rate, LocalArgs, OkArgs, QueueArgs, TaskArgs};
 use super::progress::Bars;
 use super::resume::Resume;
 use super::EXIT_INTERRUPTED;
@@ -40,8 +40,12 @@ pub struct BatchArgs {
     pub out: Option<PathBuf>,
 
     /// Publish and exit without collecting; `warren collect` fetches the results later.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "local")]
     pub no_wait: bool,
+
+    /// `--local`: run the batch in this process instead.
+    #[command(flatten)]
+    pub local: LocalArgs,
 
     /// Most tasks published per unit of time: 100, 100/s, 600/m, 1000/h. Default: unlimited.
     #[arg(long, value_name = "N/s", value_parser = parse_rate)]
@@ -127,18 +131,17 @@ pub async fn run_batch(
         wait: !args.no_wait,
         results_ttl: args.results_ttl,
     };
+    if args.local.local {
+        return run_local(&args, spec, inputs, batch_id, &options, &shutdown);
+    }
     let topology = args.queues.topology;
     let producer = Producer::connect(url, topology.clone()).await?;
     let bars = Bars::new(options.wait);
-    let counting = if spec.ok_exit_codes.is_default() {
-        String::new()
-    } else {
-        format!(" (exit codes {} count as success)", spec.ok_exit_codes)
-    };
     bars.println(&format!(
-        "warren: batch of {} tasks running {}{counting}",
+        "warren: batch of {} tasks running {}{}",
         inputs.len(),
-        spec.module
+        spec.module,
+        counting(&spec)
     ));
     let outcome = batch::run(
         &producer,
@@ -178,6 +181,59 @@ pub async fn run_batch(
         return Ok(0);
     }
     Ok(conclude(&report))
+}
+
+/// Runs `warren batch --local`: the lanes in this process, no broker.
+fn run_local(
+    args: &BatchArgs,
+    spec: BatchSpec,
+    inputs: Vec<inputs::BatchInput>,
+    batch_id: Uuid,
+    options: &BatchOptions,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<i32> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runner = args.local.runner(&spec.module.name, cpus)?;
+    let bars = Bars::new(true);
+    bars.println(&format!(
+        "warren: local batch of {} tasks running {}{}",
+        inputs.len(),
+        spec.module,
+        counting(&spec)
+    ));
+    let report = tokio::task::block_in_place(|| {
+        batch::local::run(
+            &runner,
+            batch_id,
+            spec,
+            inputs,
+            &args.inputs,
+            options,
+            &bars,
+            shutdown,
+        )
+    });
+    bars.finish();
+    let report = report?;
+    if report.interrupted {
+        eprintln!(
+            "warren: interrupted: {} of {} tasks ran, their results are in {}. A local batch cannot be resumed: run it again with another --out",
+            report.results,
+            report.inputs,
+            report.out.display()
+        );
+        return Ok(EXIT_INTERRUPTED);
+    }
+    Ok(conclude(&report))
+}
+
+/// " (exit codes … count as success)" when `--ok-exit-codes` lists more than 0.
+fn counting(spec: &BatchSpec) -> String {
+    if spec.ok_exit_codes.is_default() {
+        String::new()
+    } else {
+        format!(" (exit codes {} count as success)", spec.ok_exit_codes)
+    }
 }
 
 /// Runs `warren collect`.

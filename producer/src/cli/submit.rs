@@ -8,7 +8,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use warren_schemas::{Task, TaskResult};
 
-use super::args::{parse_input, InputArg, OkArgs, QueueArgs, TaskArgs};
+use super::args::{parse_input, InputArg, LocalArgs, OkArgs, QueueArgs, TaskArgs};
 use super::EXIT_INTERRUPTED;
 use crate::batch::summary::micros;
 use crate::batch::OkExitCodes;
@@ -41,8 +41,12 @@ pub struct SubmitArgs {
     pub wait_timeout: Option<Duration>,
 
     /// Without --wait: queue the result should go to. Default: the shared results queue.
-    #[arg(long, conflicts_with = "wait")]
+    #[arg(long, conflicts_with_all = ["wait", "local"])]
     pub reply_to: Option<String>,
+
+    /// `--local`: run the task in this process and print its result, as --wait does.
+    #[command(flatten)]
+    pub local: LocalArgs,
 
     /// Queue names.
     #[command(flatten)]
@@ -69,6 +73,11 @@ pub async fn run(url: &str, args: SubmitArgs, shutdown: CancellationToken) -> an
     task.env = args.task.env.clone();
     task.limits = args.task.limits();
 
+    if args.local.local {
+        let runner = args.local.runner(&task.module.name, 1)?;
+        let result = tokio::task::block_in_place(|| runner.run_one(task))?;
+        return conclude(&result, &args.ok.ok_exit_codes);
+    }
     let producer = Producer::connect(url, args.queues.topology).await?;
     if !args.wait {
         producer.submit(&task, args.reply_to.as_deref()).await?;
@@ -101,9 +110,13 @@ pub async fn run(url: &str, args: SubmitArgs, shutdown: CancellationToken) -> an
     };
     let result = result?;
     producer.close().await;
-    let ok = &args.ok.ok_exit_codes;
+    conclude(&result, &args.ok.ok_exit_codes)
+}
+
+/// Prints `result` and returns the exit status: the task's code, or 0 when `ok` accepts it.
+fn conclude(result: &TaskResult, ok: &OkExitCodes) -> anyhow::Result<i32> {
     let accepted = !ok.is_default() && ok.accepts(&result.outcome);
-    report(&result, accepted.then_some(ok))?;
+    report(result, accepted.then_some(ok))?;
     Ok(if accepted {
         0
     } else {

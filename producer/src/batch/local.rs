@@ -1,0 +1,200 @@
+//! `--local`: a batch run in this process, with no broker, on the worker's own sandbox, registry
+//! and task runner — the same limits and outcomes, and the same output directory
+//! (`<name>.out`, `<name>.err`, `results.jsonl`) as a batch through the queue. Like Celery's
+//! eager mode: for trying warren, for CI pipelines and for one-machine jobs.
+//!
+//! `lanes` threads (each with the stack a daemon lane has) take the next task in turn and send
+//! its result to the calling thread, which writes it and reports progress. Only the module the
+//! batch names is loaded (from the AOT cache when it is there). A local batch is not resumable
+//! with `warren collect` (nothing was queued): an interrupted one is run again.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use warren_schemas::{Task, TaskResult};
+use warren_worker::runner::default_worker_id;
+use warren_worker::{ModuleSource, SandboxConfig, TaskRunner};
+
+use super::drive::build_task;
+use super::inputs::BatchInput;
+use super::manifest::{Manifest, ManifestTask, MANIFEST_VERSION};
+use super::sink::{Sink, RESULTS_FILE};
+use super::summary::Summary;
+use super::{default_out, BatchOptions, BatchReport, BatchSpec, Observer};
+use crate::error::{ProducerError, Result};
+
+/// Runs tasks in this process: a registry holding only the module they name, and the lanes.
+pub struct LocalRunner {
+    runner: TaskRunner,
+    lanes: usize,
+    guest_stack: usize,
+}
+
+impl LocalRunner {
+    /// Opens the registry of `source` over a sandbox of `config` with `lanes` shards, and loads
+    /// only `module`.
+    pub fn open(
+        source: &ModuleSource,
+        config: SandboxConfig,
+        lanes: usize,
+        module: &str,
+    ) -> anyhow::Result<Self> {
+        let config = SandboxConfig {
+            max_concurrent_tasks: Some(lanes),
+            ..config
+        };
+        let guest_stack = config.guest_thread_stack();
+        let registry = source.open_registry(config)?;
+        source.load_named(&registry, module)?;
+        Ok(LocalRunner {
+            runner: TaskRunner::new(registry, default_worker_id()),
+            lanes,
+            guest_stack,
+        })
+    }
+
+    /// Runs one task on a lane and returns its result.
+    pub fn run_one(&self, task: Task) -> Result<TaskResult> {
+        let mut only = None;
+        self.run_all(vec![(0, task)], &CancellationToken::new(), |_, result| {
+            only = Some(result);
+            Ok(())
+        })?;
+        only.ok_or_else(|| ProducerError::Internal("the task did not run".into()))
+    }
+
+    /// Runs `tasks` on the lanes, handing each result to `on_result` on the calling thread as it
+    /// comes. Stops taking new tasks once `stop` is cancelled; returns whether it was.
+    pub fn run_all(
+        &self,
+        tasks: Vec<(u64, Task)>,
+        stop: &CancellationToken,
+        mut on_result: impl FnMut(u64, TaskResult) -> Result<()>,
+    ) -> Result<bool> {
+        let tasks: Arc<[(u64, Task)]> = tasks.into();
+        let next = AtomicUsize::new(0);
+        let (sender, results) = mpsc::sync_channel::<(u64, TaskResult)>(self.lanes * 2);
+        std::thread::scope(|scope| -> Result<()> {
+            for lane in 0..self.lanes {
+                let (tasks, next, sender) = (tasks.clone(), &next, sender.clone());
+                std::thread::Builder::new()
+                    .name(format!("warren-local-{lane}"))
+                    .stack_size(self.guest_stack)
+                    .spawn_scoped(scope, move || {
+                        while !stop.is_cancelled() {
+                            let Some((index, task)) =
+                                tasks.get(next.fetch_add(1, Ordering::Relaxed))
+                            else {
+                                break;
+                            };
+                            let result = self.runner.run_here(task.clone(), 1);
+                            if sender.send((*index, result)).is_err() {
+                                break;
+                            }
+                        }
+                    })
+                    .map_err(|e| ProducerError::Internal(format!("cannot start a lane: {e}")))?;
+            }
+            drop(sender);
+            let mut outcome = Ok(());
+            for (index, result) in results {
+                if outcome.is_ok() {
+                    outcome = on_result(index, result);
+                    if outcome.is_err() {
+                        // Let the lanes finish what they hold, then stop them.
+                        stop.cancel();
+                    }
+                }
+            }
+            outcome
+        })?;
+        Ok(stop.is_cancelled())
+    }
+}
+
+/// Runs batch `batch_id` over `inputs` (already loaded and checked from `inputs_path`) on
+/// `runner`, writing the output directory as a batch through the queue does.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    runner: &LocalRunner,
+    batch_id: Uuid,
+    spec: BatchSpec,
+    inputs: Vec<BatchInput>,
+    inputs_path: &std::path::Path,
+    options: &BatchOptions,
+    observer: &dyn Observer,
+    shutdown: &CancellationToken,
+) -> Result<BatchReport> {
+    let started = Instant::now();
+    let out = options.out.clone().unwrap_or_else(|| default_out(batch_id));
+    if out.join(RESULTS_FILE).exists() {
+        return Err(ProducerError::OutDir(format!(
+            "{} already holds a {RESULTS_FILE}; choose another --out",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(&out).map_err(|e| ProducerError::io(&out, e))?;
+    // The batch's description, as a queued batch stores it; here it only names tasks and feeds
+    // the progress report (nothing is queued, so there is nothing for `collect` to resume).
+    let manifest = Manifest {
+        version: MANIFEST_VERSION,
+        batch_id,
+        results_queue: String::new(),
+        results_ttl_ms: 0,
+        tasks_queue: String::new(),
+        created_unix_ms: warren_schemas::task::unix_now_ns() / 1_000_000,
+        module: spec.module,
+        args: spec.args,
+        env: spec.env,
+        limits: spec.limits,
+        ok_exit_codes: spec.ok_exit_codes,
+        inputs: std::path::absolute(inputs_path).unwrap_or_else(|_| inputs_path.to_owned()),
+        tasks: inputs
+            .iter()
+            .zip(0u64..)
+            .map(|(input, index)| ManifestTask {
+                index,
+                name: input.name.clone(),
+                task_id: Uuid::new_v4(),
+            })
+            .collect(),
+    };
+    let mut sink = Sink::open(&out, manifest.ok_exit_codes.clone())?;
+    let tasks = inputs
+        .iter()
+        .zip(0u64..)
+        .map(|(input, index)| Ok((index, build_task(&manifest, index, input)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let count = tasks.len() as u64;
+    observer.started(&manifest, count, count, 0);
+    let interrupted = runner.run_all(tasks, shutdown, |index, result| {
+        observer.confirmed();
+        let name = &manifest
+            .task(index)
+            .ok_or_else(|| ProducerError::Internal(format!("task {index} is not in the batch")))?
+            .name;
+        let record = sink.write(&result, index, name)?;
+        observer.completed(record);
+        Ok(())
+    })?;
+    let results = sink.records().len() as u64;
+    Ok(BatchReport {
+        batch_id,
+        out,
+        results_queue: String::new(),
+        inputs: count,
+        published: if interrupted { results } else { count },
+        results,
+        collected_now: results,
+        duplicates: 0,
+        summary: Summary::of(sink.records()),
+        elapsed: started.elapsed().max(Duration::from_nanos(1)),
+        interrupted,
+        waited: true,
+        late: None,
+    })
+}
