@@ -4,7 +4,8 @@
 //! wasmtime gives an embedder no address for a table. Right after a shard's engine is built,
 //! [`locate`] takes every table slot of its pool with a probe instance that fills the first
 //! elements of its table with a function reference whose raw value it knows, then searches the
-//! writable mappings that appeared with the engine for pages holding only that value. The slots
+//! writable mappings that appeared with the engine (or, if the pool took the place of a mapping
+//! unmapped meanwhile, every one large enough) for pages holding only that value. The slots
 //! found must lie exactly one table size apart and cover every slot; anything else is an error,
 //! never a guess.
 //!
@@ -92,23 +93,42 @@ pub fn locate(
     }
 
     let mem = File::open("/proc/self/mem").map_err(|e| format!("/proc/self/mem: {e}"))?;
-    let mut starts = Vec::new();
     let mut buffer = vec![0u8; page];
-    for (start, end) in anonymous_mappings().difference(before) {
-        for at in (*start..*end).step_by(page) {
-            // Read through /proc/self/mem: a mapping another thread removes meanwhile is an
-            // error here, not a fault.
-            if mem.read_exact_at(&mut buffer, at as u64).is_err() {
-                continue;
-            }
-            let words: Vec<usize> = buffer[..filled * ELEMENT_BYTES]
-                .chunks_exact(ELEMENT_BYTES)
-                .map(|w| usize::from_ne_bytes(w.try_into().expect("8 bytes")))
-                .collect();
-            if values.contains(&words[0]) && words.iter().all(|w| *w == words[0]) {
-                starts.push(at);
+    // The pages, among `mappings`, that hold only one of the probes' values.
+    let mut scan = |mappings: &[(usize, usize)]| {
+        let mut starts = Vec::new();
+        for &(start, end) in mappings {
+            for at in (start..end).step_by(page) {
+                // Read through /proc/self/mem: a mapping another thread removes meanwhile is an
+                // error here, not a fault.
+                if mem.read_exact_at(&mut buffer, at as u64).is_err() {
+                    continue;
+                }
+                let words: Vec<usize> = buffer[..filled * ELEMENT_BYTES]
+                    .chunks_exact(ELEMENT_BYTES)
+                    .map(|w| usize::from_ne_bytes(w.try_into().expect("8 bytes")))
+                    .collect();
+                if values.contains(&words[0]) && words.iter().all(|w| *w == words[0]) {
+                    starts.push(at);
+                }
             }
         }
+        starts
+    };
+    // The pool is a mapping that appeared with the engine; but when another mapping was unmapped
+    // meanwhile and the pool took its place, the pool (merged with its neighbours) can span
+    // exactly the addresses of one `before` listed: then every mapping that can hold it is read.
+    let pool_len = slots * table_size;
+    let after = anonymous_mappings();
+    let fresh: Vec<_> = after.difference(before).copied().collect();
+    let mut starts = scan(&fresh);
+    if starts.is_empty() {
+        let known: Vec<_> = after
+            .intersection(before)
+            .filter(|(start, end)| end - start >= pool_len)
+            .copied()
+            .collect();
+        starts = scan(&known);
     }
     drop(stores);
 
@@ -122,7 +142,7 @@ pub fn locate(
     }
     Ok(PoolRegion {
         start: first,
-        len: slots * table_size,
+        len: pool_len,
     })
 }
 
@@ -185,6 +205,20 @@ mod tests {
             let table_size = (elements * 8).div_ceil(page_size()) * page_size();
             assert_eq!(pool.len, slots * table_size, "{warm}: {slots} × {elements}");
         }
+    }
+
+    #[test]
+    fn a_pool_mapped_where_an_identical_one_was_is_found() {
+        // Another engine of the same size dropped between the snapshot and this engine's build
+        // (parallel tests, shards rebuilt): the kernel reuses its hole at the same addresses.
+        let config = SandboxConfig::default();
+        let earlier = build_engine(&config, Allocation::Pooled, 4).unwrap();
+        let before = anonymous_mappings();
+        drop(earlier);
+        let engine = build_engine(&config, Allocation::Pooled, 4).unwrap();
+        let slots = crate::engine::PoolSize::of(&config, 4).unwrap().tables as usize;
+        let pool = locate(&engine, slots, config.table_elements, &before).unwrap();
+        assert_eq!(pool.len % page_size(), 0);
     }
 
     #[test]
