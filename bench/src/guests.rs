@@ -29,6 +29,7 @@ use warren_worker::sandbox::{GuestCall, Sandbox};
 use warren_worker::{ModuleRegistry, ModuleSource, SandboxConfig};
 
 use crate::stats::{human_ns, percentile};
+use crate::timed;
 
 /// Arguments of `warren-bench guests`.
 #[derive(Debug, Clone, clap::Args)]
@@ -234,31 +235,10 @@ fn measure_lanes(
     duration: Duration,
     task: &(dyn Fn(usize) -> anyhow::Result<(Duration, Duration)> + Sync),
 ) -> anyhow::Result<GuestRow> {
-    let started = Instant::now();
-    let per_lane = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..lanes)
-            .map(|shard| {
-                scope.spawn(move || -> anyhow::Result<Vec<(u64, u64)>> {
-                    let mut samples = Vec::new();
-                    while started.elapsed() < duration {
-                        let (instantiate, whole) = task(shard)?;
-                        samples.push((instantiate.as_nanos() as u64, whole.as_nanos() as u64));
-                    }
-                    Ok(samples)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
-    });
-    let elapsed = started.elapsed();
-    let mut samples = Vec::new();
-    for result in per_lane {
-        match result {
-            Ok(Ok(s)) => samples.extend(s),
-            Ok(Err(error)) => return Err(error),
-            Err(_) => bail!("benchmark thread panicked"),
-        }
-    }
+    let (samples, elapsed) = timed::on_threads(lanes, duration, &|shard| {
+        let (instantiate, whole) = task(shard)?;
+        Ok((instantiate.as_nanos() as u64, whole.as_nanos() as u64))
+    })?;
     let (mut instantiate, mut whole): (Vec<u64>, Vec<u64>) = samples.into_iter().unzip();
     instantiate.sort_unstable();
     whole.sort_unstable();

@@ -19,7 +19,7 @@
 //! from the per-task instantiate timings, tasks/s from whole tasks.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -32,6 +32,7 @@ use warren_worker::{ModuleRegistry, ModuleSource, SandboxConfig};
 use crate::baseline::{self, Instantiation};
 use crate::baseline_component::ComponentCommand;
 use crate::stats::{human_ns, percentile};
+use crate::timed;
 
 /// Arguments of `warren-bench instantiate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -189,32 +190,9 @@ fn measure_threads(
     duration: Duration,
     task: &(dyn Fn(usize) -> anyhow::Result<Duration> + Sync),
 ) -> anyhow::Result<BenchRow> {
-    let started = Instant::now();
-    let per_thread = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|shard| {
-                let task = &task;
-                scope.spawn(move || -> anyhow::Result<Vec<u64>> {
-                    let mut samples = Vec::new();
-                    while started.elapsed() < duration {
-                        let instantiate = task(shard)?;
-                        samples.push(instantiate.as_nanos() as u64);
-                    }
-                    Ok(samples)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
-    });
-    let elapsed = started.elapsed();
-    let mut samples = Vec::new();
-    for result in per_thread {
-        match result {
-            Ok(Ok(s)) => samples.extend(s),
-            Ok(Err(error)) => return Err(error),
-            Err(_) => bail!("benchmark thread panicked"),
-        }
-    }
+    let (samples, elapsed) = timed::on_threads(threads, duration, &|shard| {
+        task(shard).map(|instantiate| instantiate.as_nanos() as u64)
+    })?;
     Ok(row_from(samples, elapsed, threads))
 }
 

@@ -19,6 +19,7 @@
 //! - [`workers`]: worker processes on a benchmark's queues (the tests' helper).
 //! - [`null`]: the null executor behind `warren-null-worker`.
 //! - [`stats`]: nearest-rank percentiles of the samples.
+//! - [`timed`]: a task in a loop on several threads for a fixed time.
 #![deny(missing_docs)]
 
 pub mod baseline;
@@ -31,6 +32,7 @@ pub mod null;
 pub mod queue;
 pub mod soak;
 pub mod stats;
+pub mod timed;
 pub mod workers;
 
 pub use executor::{run_executor_bench, ExecutorBenchArgs};

@@ -21,7 +21,7 @@ use warren_worker::{ModuleSource, SandboxConfig, TaskRunner};
 
 use super::drive::build_task;
 use super::inputs::BatchInput;
-use super::manifest::{Manifest, ManifestTask, MANIFEST_VERSION};
+use super::manifest::Manifest;
 use super::sink::{Sink, RESULTS_FILE};
 use super::summary::Summary;
 use super::{default_out, BatchOptions, BatchReport, BatchSpec, Observer};
@@ -140,29 +140,7 @@ pub fn run(
     std::fs::create_dir_all(&out).map_err(|e| ProducerError::io(&out, e))?;
     // The batch's description, as a queued batch stores it; here it only names tasks and feeds
     // the progress report (nothing is queued, so there is nothing for `collect` to resume).
-    let manifest = Manifest {
-        version: MANIFEST_VERSION,
-        batch_id,
-        results_queue: String::new(),
-        results_ttl_ms: 0,
-        tasks_queue: String::new(),
-        created_unix_ms: warren_schemas::task::unix_now_ns() / 1_000_000,
-        module: spec.module,
-        args: spec.args,
-        env: spec.env,
-        limits: spec.limits,
-        ok_exit_codes: spec.ok_exit_codes,
-        inputs: std::path::absolute(inputs_path).unwrap_or_else(|_| inputs_path.to_owned()),
-        tasks: inputs
-            .iter()
-            .zip(0u64..)
-            .map(|(input, index)| ManifestTask {
-                index,
-                name: input.name.clone(),
-                task_id: Uuid::new_v4(),
-            })
-            .collect(),
-    };
+    let manifest = Manifest::new(batch_id, spec, &inputs, inputs_path);
     let mut sink = Sink::open(&out, manifest.ok_exit_codes.clone())?;
     let tasks = inputs
         .iter()

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use warren_schemas::{ModuleRef, TaskId, TaskLimits};
 
-use super::OkExitCodes;
+use super::inputs::BatchInput;
+use super::{BatchSpec, OkExitCodes};
 use crate::error::{ProducerError, Result};
 
 /// File name of the manifest inside the output directory.
@@ -65,6 +66,34 @@ pub struct ManifestTask {
 }
 
 impl Manifest {
+    /// The manifest of a new batch `batch_id` running `spec` over `inputs` (read from
+    /// `inputs_path`), a fresh task id per input; no queues yet (a local batch has none).
+    pub fn new(batch_id: Uuid, spec: BatchSpec, inputs: &[BatchInput], inputs_path: &Path) -> Self {
+        Manifest {
+            version: MANIFEST_VERSION,
+            batch_id,
+            results_queue: String::new(),
+            results_ttl_ms: 0,
+            tasks_queue: String::new(),
+            created_unix_ms: warren_schemas::task::unix_now_ns() / 1_000_000,
+            module: spec.module,
+            args: spec.args,
+            env: spec.env,
+            limits: spec.limits,
+            ok_exit_codes: spec.ok_exit_codes,
+            inputs: std::path::absolute(inputs_path).unwrap_or_else(|_| inputs_path.to_owned()),
+            tasks: inputs
+                .iter()
+                .zip(0u64..)
+                .map(|(input, index)| ManifestTask {
+                    index,
+                    name: input.name.clone(),
+                    task_id: Uuid::new_v4(),
+                })
+                .collect(),
+        }
+    }
+
     /// Path of the manifest in `out`.
     pub fn path(out: &Path) -> PathBuf {
         out.join(MANIFEST_FILE)

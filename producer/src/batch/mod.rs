@@ -48,7 +48,7 @@ use drive::Run;
 use inputs::BatchInput;
 use journal::Journal;
 use late::LateResults;
-use manifest::{results_queue_name, Manifest, ManifestTask, MANIFEST_VERSION};
+use manifest::{results_queue_name, Manifest};
 pub use ok_codes::OkExitCodes;
 use sink::{Record, Sink};
 use summary::Summary;
@@ -197,27 +197,10 @@ pub async fn run(
         )));
     }
     let manifest = Manifest {
-        version: MANIFEST_VERSION,
-        batch_id,
         results_queue: results_queue_name(batch_id),
         results_ttl_ms: u64::try_from(options.results_ttl.as_millis()).unwrap_or(u64::MAX),
         tasks_queue: producer.topology().tasks.clone(),
-        created_unix_ms: warren_schemas::task::unix_now_ns() / 1_000_000,
-        module: spec.module,
-        args: spec.args,
-        env: spec.env,
-        limits: spec.limits,
-        ok_exit_codes: spec.ok_exit_codes,
-        inputs: std::path::absolute(inputs_path).unwrap_or_else(|_| inputs_path.to_owned()),
-        tasks: inputs
-            .iter()
-            .zip(0u64..)
-            .map(|(input, index)| ManifestTask {
-                index,
-                name: input.name.clone(),
-                task_id: Uuid::new_v4(),
-            })
-            .collect(),
+        ..Manifest::new(batch_id, spec, &inputs, inputs_path)
     };
     // Manifest first: from the first publish on, `collect` must be able to find the batch.
     manifest.store(&out)?;
