@@ -3,14 +3,13 @@
 //! (`<name>.out`, `<name>.err`, `results.jsonl`) as a batch through the queue. Like Celery's
 //! eager mode: for trying warren, for CI pipelines and for one-machine jobs.
 //!
-//! `lanes` threads (each with the stack a daemon lane has) take the next task in turn and send
-//! its result to the calling thread, which writes it and reports progress. Only the module the
+//! `lanes` threads (each with the stack a daemon lane has) take the next input in turn, read it,
+//! run its task and send the result to the calling thread, which writes it and reports progress. Only the module the
 //! batch names is loaded (from the AOT cache when it is there). A local batch is not resumable
 //! with `warren collect` (nothing was queued): an interrupted one is run again.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -57,42 +56,48 @@ impl LocalRunner {
         })
     }
 
-    /// Runs one task on a lane and returns its result.
+    /// Runs one task on a lane's thread and returns its result.
     pub fn run_one(&self, task: Task) -> Result<TaskResult> {
-        let mut only = None;
-        self.run_all(vec![(0, task)], &CancellationToken::new(), |_, result| {
-            only = Some(result);
-            Ok(())
-        })?;
-        only.ok_or_else(|| ProducerError::Internal("the task did not run".into()))
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("warren-local-0".into())
+                .stack_size(self.guest_stack)
+                .spawn_scoped(scope, || self.runner.run_here(task, 1))
+                .map_err(|e| ProducerError::Internal(format!("cannot start a lane: {e}")))?
+                .join()
+                .map_err(|_| ProducerError::Internal("the lane running the task panicked".into()))
+        })
     }
 
-    /// Runs `tasks` on the lanes, handing each result to `on_result` on the calling thread as it
-    /// comes. Stops taking new tasks once `stop` is cancelled; returns whether it was.
+    /// Runs tasks `0..count` on the lanes, each built by `task(i)` on the lane that runs it (so
+    /// inputs are read as they run, not all held at once), handing each result to `on_result`
+    /// on the calling thread as it comes. Stops taking new tasks once `stop` is cancelled, or
+    /// after an error; returns whether `stop` was cancelled.
     pub fn run_all(
         &self,
-        tasks: Vec<(u64, Task)>,
+        count: usize,
+        task: impl Fn(usize) -> Result<(u64, Task)> + Sync,
         stop: &CancellationToken,
         mut on_result: impl FnMut(u64, TaskResult) -> Result<()>,
     ) -> Result<bool> {
-        let tasks: Arc<[(u64, Task)]> = tasks.into();
+        let lanes_stop = stop.child_token();
         let next = AtomicUsize::new(0);
-        let (sender, results) = mpsc::sync_channel::<(u64, TaskResult)>(self.lanes * 2);
+        let (sender, results) = mpsc::sync_channel::<Result<(u64, TaskResult)>>(self.lanes * 2);
         std::thread::scope(|scope| -> Result<()> {
             for lane in 0..self.lanes {
-                let (tasks, next, sender) = (tasks.clone(), &next, sender.clone());
+                let (task, next, sender, lanes_stop) = (&task, &next, sender.clone(), &lanes_stop);
                 std::thread::Builder::new()
                     .name(format!("warren-local-{lane}"))
                     .stack_size(self.guest_stack)
                     .spawn_scoped(scope, move || {
-                        while !stop.is_cancelled() {
-                            let Some((index, task)) =
-                                tasks.get(next.fetch_add(1, Ordering::Relaxed))
-                            else {
+                        while !lanes_stop.is_cancelled() {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= count {
                                 break;
-                            };
-                            let result = self.runner.run_here(task.clone(), 1);
-                            if sender.send((*index, result)).is_err() {
+                            }
+                            let ran =
+                                task(i).map(|(index, task)| (index, self.runner.run_here(task, 1)));
+                            if sender.send(ran).is_err() {
                                 break;
                             }
                         }
@@ -101,12 +106,12 @@ impl LocalRunner {
             }
             drop(sender);
             let mut outcome = Ok(());
-            for (index, result) in results {
+            for ran in results {
                 if outcome.is_ok() {
-                    outcome = on_result(index, result);
+                    outcome = ran.and_then(|(index, result)| on_result(index, result));
                     if outcome.is_err() {
                         // Let the lanes finish what they hold, then stop them.
-                        stop.cancel();
+                        lanes_stop.cancel();
                     }
                 }
             }
@@ -142,14 +147,13 @@ pub fn run(
     // the progress report (nothing is queued, so there is nothing for `collect` to resume).
     let manifest = Manifest::new(batch_id, spec, &inputs, inputs_path);
     let mut sink = Sink::open(&out, manifest.ok_exit_codes.clone())?;
-    let tasks = inputs
-        .iter()
-        .zip(0u64..)
-        .map(|(input, index)| Ok((index, build_task(&manifest, index, input)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let count = tasks.len() as u64;
+    let count = inputs.len() as u64;
     observer.started(&manifest, count, count, 0);
-    let interrupted = runner.run_all(tasks, shutdown, |index, result| {
+    let task = |i: usize| {
+        let index = i as u64;
+        Ok((index, build_task(&manifest, index, &inputs[i])?))
+    };
+    let interrupted = runner.run_all(inputs.len(), task, shutdown, |index, result| {
         observer.confirmed();
         let name = &manifest
             .task(index)

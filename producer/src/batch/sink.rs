@@ -32,8 +32,9 @@ pub struct Record {
     pub index: u64,
     /// The input's name.
     pub name: String,
-    /// Outcome label: `success` (an exit code among `--ok-exit-codes`, 0 by default), `nonzero_exit`, `trap`, `timeout`, `memory_limit`,
-    /// `output_limit`, `module_not_found`, `invalid_task`, `result_refused`.
+    /// Outcome label: `success` (exit code 0 or one among `--ok-exit-codes`), `nonzero_exit`,
+    /// `trap`, `timeout`, `memory_limit`, `output_limit`, `module_not_found`, `invalid_task`,
+    /// `result_refused`.
     pub outcome: String,
     /// The outcome in words (exit code, trap message, limit, ...).
     pub detail: String,

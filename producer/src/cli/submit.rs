@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
-use warren_schemas::{Task, TaskResult};
+use warren_schemas::{Outcome, Task, TaskResult};
 
 use super::args::{parse_input, InputArg, LocalArgs, OkArgs, QueueArgs, TaskArgs};
 use super::EXIT_INTERRUPTED;
@@ -113,9 +113,11 @@ pub async fn run(url: &str, args: SubmitArgs, shutdown: CancellationToken) -> an
     conclude(&result, &args.ok.ok_exit_codes)
 }
 
-/// Prints `result` and returns the exit status: the task's code, or 0 when `ok` accepts it.
+/// Prints `result` and returns the exit status: the task's code, or 0 for a non-zero exit code
+/// that `ok` accepts.
 fn conclude(result: &TaskResult, ok: &OkExitCodes) -> anyhow::Result<i32> {
-    let accepted = !ok.is_default() && ok.accepts(&result.outcome);
+    let accepted =
+        matches!(result.outcome, Outcome::NonZeroExit { .. }) && ok.accepts(&result.outcome);
     report(result, accepted.then_some(ok))?;
     Ok(if accepted {
         0
