@@ -12,6 +12,8 @@
 //! - [`guests`]: the Python and JavaScript runners against the preview1 CPython they replace.
 //! - [`executor`]: warren's task path without a broker vs the smallest raw wasmtime loop.
 //! - [`queue`]: tasks/s and latency through RabbitMQ, next to the null worker.
+//! - [`batch`]: a batch as users type it: the producer's CPU per task and its rate next to
+//!   `queue`'s trivial drain rate.
 //! - [`soak`]: many tasks through one worker process, watching for leaks.
 //! - [`baseline`]: stock wasmtime + wasmtime-wasi, the embedding the baselines run.
 //! - [`baseline_component`]: the same for `wasi:cli/command` components (WASI 0.2).
@@ -24,6 +26,7 @@
 
 pub mod baseline;
 pub mod baseline_component;
+pub mod batch;
 pub mod broker;
 pub mod executor;
 pub mod guests;
@@ -35,6 +38,7 @@ pub mod stats;
 pub mod timed;
 pub mod workers;
 
+pub use batch::{run_batch_bench, BatchBenchArgs};
 pub use executor::{run_executor_bench, ExecutorBenchArgs};
 pub use guests::{run_guests_bench, GuestsBenchArgs};
 pub use instantiate::{run_instantiate_bench, InstantiateBenchArgs};

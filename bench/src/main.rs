@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use warren_bench::{
-    run_executor_bench, run_guests_bench, run_instantiate_bench, run_queue_bench, run_soak,
-    ExecutorBenchArgs, GuestsBenchArgs, InstantiateBenchArgs, QueueBenchArgs, SoakArgs,
+    run_batch_bench, run_executor_bench, run_guests_bench, run_instantiate_bench, run_queue_bench,
+    run_soak, BatchBenchArgs, ExecutorBenchArgs, GuestsBenchArgs, InstantiateBenchArgs,
+    QueueBenchArgs, SoakArgs,
 };
 use warren_worker::process;
 
@@ -27,6 +28,8 @@ enum Command {
     Executor(ExecutorBenchArgs),
     /// Tasks/s and end-to-end latency through RabbitMQ, next to a null worker's ceiling.
     Queue(QueueBenchArgs),
+    /// A batch as users type it: the producer's CPU per task, its rate next to `queue`'s.
+    Batch(BatchBenchArgs),
     /// Many trivial tasks through one worker process, sampling its RSS, fds and in-flight gauge.
     Soak(SoakArgs),
 }
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Command::Executor(args) => run_executor_bench(&args).map(|_| 0),
         Command::Guests(args) => run_guests_bench(&args).map(|_| 0),
         Command::Queue(args) => run_queue_bench(&args).map(|_| 0),
+        Command::Batch(args) => run_batch_bench(&args).map(|_| 0),
         Command::Soak(args) => run_soak(&args),
     };
     match result {

@@ -285,13 +285,23 @@ async fn run_case(args: &QueueBenchArgs, case: Case) -> anyhow::Result<QueueBenc
     measured
 }
 
-async fn measure(
-    args: &QueueBenchArgs,
-    case: Case,
-    queues: &BenchQueues,
-) -> anyhow::Result<QueueBenchRow> {
+/// The throughput phase of a case: `args.tasks` tasks queued first, then drained by the case's
+/// workers, which are left running (with the results stream) for what comes next.
+struct Drained {
+    /// Results per second between the first and the last result.
+    tasks_per_s: f64,
+    /// Every result, in arrival order.
+    arrivals: Vec<Arrival>,
+    /// Worker CPU (all processes) per task while draining.
+    cpu_us_per_task: f64,
+    /// The case's replies.
+    results: Results,
+    /// The case's workers, still running.
+    workers: WorkerProcesses,
+}
+
+async fn drain(args: &QueueBenchArgs, case: Case, queues: &BenchQueues) -> anyhow::Result<Drained> {
     let label = case.name();
-    // Throughput: fill, then let the workers drain it.
     let n = args.tasks;
     let mut publisher = Publisher::new(&queues.producer, OUTSTANDING_CONFIRMS).await?;
     let filling = Instant::now();
@@ -310,21 +320,57 @@ async fn measure(
     let mut workers = WorkerProcesses::start(args, case, queues.topology())?;
     workers.wait_ready(Duration::from_secs(120))?;
     let cpu_before = workers.cpu_time();
-    let drained = results.collect(n, Duration::from_secs(60)).await?;
+    let arrivals = results.collect(n, Duration::from_secs(60)).await?;
     let cpu_after = workers.cpu_time();
-    let (first, last) = match (drained.first(), drained.last()) {
+    let (first, last) = match (arrivals.first(), arrivals.last()) {
         (Some(first), Some(last)) => (first.at, last.at),
         _ => bail!("no results arrived"),
     };
     let tasks_per_s = (n - 1) as f64 / last.duration_since(first).as_secs_f64().max(1e-9);
+    let cpu_us_per_task = cpu_after.saturating_sub(cpu_before).as_secs_f64() * 1e6 / n as f64;
+    eprintln!("[{label}] drained at {tasks_per_s:.0} tasks/s");
+    Ok(Drained {
+        tasks_per_s,
+        arrivals,
+        cpu_us_per_task,
+        results,
+        workers,
+    })
+}
+
+/// Tasks/s of `case`'s workers draining a full queue of `args.tasks` tasks, on queues of its
+/// own: the throughput phase alone, for benchmarks that compare against it.
+pub(crate) async fn drain_rate(args: &QueueBenchArgs, case: Case) -> anyhow::Result<f64> {
+    let queues = BenchQueues::declare(&args.broker.amqp_url, "bench").await?;
+    let drained = drain(args, case, &queues).await;
+    let rate = match drained {
+        Ok(mut drained) => drained.workers.stop().map(|()| drained.tasks_per_s),
+        Err(e) => Err(e),
+    };
+    queues.delete().await;
+    rate
+}
+
+async fn measure(
+    args: &QueueBenchArgs,
+    case: Case,
+    queues: &BenchQueues,
+) -> anyhow::Result<QueueBenchRow> {
+    let label = case.name();
+    let n = args.tasks;
+    let Drained {
+        tasks_per_s,
+        arrivals: drained,
+        cpu_us_per_task,
+        mut results,
+        mut workers,
+    } = drain(args, case, queues).await?;
     // The null worker names a module in its results (to match their size) but instantiates none.
     let mut instantiate: Vec<u64> = match case {
         Case::Null => Vec::new(),
         _ => drained.iter().filter_map(|r| r.instantiate_ns).collect(),
     };
     instantiate.sort_unstable();
-    let cpu_us_per_task = cpu_after.saturating_sub(cpu_before).as_secs_f64() * 1e6 / n as f64;
-    eprintln!("[{label}] drained at {tasks_per_s:.0} tasks/s");
 
     // Latency at a fraction of that peak.
     let m = args.latency_tasks.unwrap_or(n / 5).max(1);

@@ -4,8 +4,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+
 use tokio_util::sync::CancellationToken;
 use warren::cli::{run, Cli, EXIT_INTERRUPTED};
+
+/// Faster than the system allocator for the many small allocations of a batch.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

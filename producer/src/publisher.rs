@@ -6,11 +6,19 @@
 //! blocked broker (memory alarm, flow control) slows the publisher down instead of letting it
 //! queue without limit. Confirms are reported as they arrive, so a caller can record "this task
 //! is safely with the broker" per task.
+//!
+//! [`Publisher::publish_all`] hands a burst of tasks to the connection at once: their frames are
+//! queued together, so the connection's I/O thread writes them in one go and wakes the caller
+//! once, instead of once per task.
 
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_lite::future::poll_once;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use lapin::options::BasicPublishOptions;
 use lapin::Channel;
 use lapin::Confirmation;
-use tokio::task::JoinSet;
 use warren_schemas::{encode, BatchRef, Task, TaskId};
 
 use crate::error::{ProducerError, Result};
@@ -29,7 +37,7 @@ pub struct Confirmed {
     pub batch: Option<BatchRef>,
 }
 
-type Pending = (Confirmed, lapin::Result<Confirmation>);
+type Pending = Pin<Box<dyn Future<Output = (Confirmed, lapin::Result<Confirmation>)> + Send>>;
 
 /// A pipelined, confirmed publisher on a channel of its own.
 pub struct Publisher {
@@ -39,8 +47,8 @@ pub struct Publisher {
     queue: String,
     /// Most confirms awaited at once.
     max_outstanding: usize,
-    /// One task per unconfirmed publish, resolving to its confirmation.
-    in_flight: JoinSet<Pending>,
+    /// The confirm of each unconfirmed publish, in publishing order.
+    in_flight: FuturesOrdered<Pending>,
 }
 
 impl Publisher {
@@ -51,7 +59,7 @@ impl Publisher {
             channel: producer.confirm_channel().await?,
             queue: producer.topology().tasks.clone(),
             max_outstanding: max_outstanding.max(1),
-            in_flight: JoinSet::new(),
+            in_flight: FuturesOrdered::new(),
         })
     }
 
@@ -59,44 +67,90 @@ impl Publisher {
     /// `max_outstanding` confirms are pending it first waits for one. Returns the confirms that
     /// arrived meanwhile; a nack or a lost channel is an error.
     pub async fn publish(&mut self, task: &Task, reply_to: Option<&str>) -> Result<Vec<Confirmed>> {
-        let mut confirmed = self.ready()?;
-        while self.in_flight.len() >= self.max_outstanding {
+        self.publish_all(std::slice::from_ref(task), reply_to).await
+    }
+
+    /// Publishes `tasks` as one burst, in order, first waiting until `max_outstanding` leaves
+    /// room for them (a burst larger than that bound waits for every earlier confirm). Returns
+    /// the confirms that arrived meanwhile; a nack or a lost channel is an error.
+    pub async fn publish_all(
+        &mut self,
+        tasks: &[Task],
+        reply_to: Option<&str>,
+    ) -> Result<Vec<Confirmed>> {
+        let mut confirmed = self.ready().await?;
+        let room_needed = self.max_outstanding.saturating_sub(tasks.len());
+        while self.in_flight.len() > room_needed {
             match self.next_confirmed().await {
                 Some(c) => confirmed.push(c?),
                 None => break,
             }
         }
-        let confirm = self
-            .channel
-            .basic_publish(
-                "".into(),
-                self.queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &encode(task),
-                task_properties(task, reply_to),
-            )
-            .await
-            .map_err(|e| ProducerError::broker(format!("publishing task {}", task.id), e))?;
-        let id = Confirmed {
-            task_id: task.id,
-            batch: task.batch,
-        };
-        self.in_flight.spawn(async move { (id, confirm.await) });
-        Ok(confirmed)
+        let bodies: Vec<Vec<u8>> = tasks.iter().map(encode).collect();
+        let mut sends: Vec<_> = tasks
+            .iter()
+            .zip(&bodies)
+            .map(|(task, body)| {
+                Box::pin(self.channel.basic_publish(
+                    "".into(),
+                    self.queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    task_properties(task, reply_to),
+                ))
+            })
+            .collect();
+        // A publish takes its delivery tag and queues its frames on its first poll: poll each
+        // once, in order, before waiting for any, so the burst goes out together and in order.
+        let mut sent = Vec::with_capacity(sends.len());
+        for send in &mut sends {
+            sent.push(poll_once(send).await);
+        }
+        let mut results = Vec::with_capacity(sends.len());
+        for (send, early) in sends.into_iter().zip(sent) {
+            results.push(match early {
+                Some(result) => result,
+                None => send.await,
+            });
+        }
+        let mut failed = None;
+        for (task, confirm) in tasks.iter().zip(results) {
+            match confirm {
+                Ok(confirm) => {
+                    let id = Confirmed {
+                        task_id: task.id,
+                        batch: task.batch,
+                    };
+                    self.in_flight
+                        .push_back(Box::pin(async move { (id, confirm.await) }));
+                }
+                Err(e) if failed.is_none() => {
+                    failed = Some(ProducerError::broker(
+                        format!("publishing task {}", task.id),
+                        e,
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(confirmed),
+        }
     }
 
     /// Confirms that have already arrived, without waiting.
-    pub fn ready(&mut self) -> Result<Vec<Confirmed>> {
+    pub async fn ready(&mut self) -> Result<Vec<Confirmed>> {
         let mut confirmed = Vec::new();
-        while let Some(joined) = self.in_flight.try_join_next() {
-            confirmed.push(settle(joined)?);
+        while let Some(Some(settled)) = poll_once(self.in_flight.next()).await {
+            confirmed.push(settle(settled)?);
         }
         Ok(confirmed)
     }
 
     /// Waits for the next confirm; `None` when nothing is outstanding.
     pub async fn next_confirmed(&mut self) -> Option<Result<Confirmed>> {
-        self.in_flight.join_next().await.map(settle)
+        self.in_flight.next().await.map(settle)
     }
 
     /// Waits for every outstanding confirm.
@@ -119,9 +173,7 @@ impl Publisher {
     }
 }
 
-fn settle(joined: Result<Pending, tokio::task::JoinError>) -> Result<Confirmed> {
-    let (confirmed, outcome) =
-        joined.map_err(|e| ProducerError::Internal(format!("confirm waiter failed: {e}")))?;
+fn settle((confirmed, outcome): (Confirmed, lapin::Result<Confirmation>)) -> Result<Confirmed> {
     match outcome {
         Ok(c) if c.is_ack() => Ok(confirmed),
         Ok(_) => Err(ProducerError::Nacked {

@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 
+use futures_lite::future::poll_once;
 use futures_lite::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
@@ -104,50 +105,83 @@ impl ResultStream {
     /// consumer (queue deleted, connection closed).
     pub async fn next(&mut self) -> Option<Result<Received>> {
         loop {
-            let delivery = match self.consumer.next().await? {
-                Ok(delivery) => delivery,
-                Err(e) => return Some(Err(ProducerError::broker("receiving results", e))),
-            };
-            let result: TaskResult = match decode(&delivery.data, DEFAULT_MAX_MESSAGE_BYTES) {
-                Ok(result) => result,
-                Err(error) => {
-                    self.undecodable += 1;
-                    warn!(reason = error.label(), %error, "dropping a message in the results queue that is not a result");
-                    if !self.settled_on_delivery {
-                        let _ = delivery
-                            .acker
-                            .reject(BasicRejectOptions { requeue: false })
-                            .await;
-                    }
-                    continue;
+            let delivery = self.consumer.next().await?;
+            if let Some(received) = self.accept(delivery).await {
+                return Some(received);
+            }
+        }
+    }
+
+    /// The next result already received, without waiting for one: `None` when there is none
+    /// yet (or the consumer ended, which [`ResultStream::next`] then reports). For taking a
+    /// burst of results at once.
+    pub async fn next_ready(&mut self) -> Option<Result<Received>> {
+        loop {
+            let delivery = poll_once(self.consumer.next()).await??;
+            if let Some(received) = self.accept(delivery).await {
+                return Some(received);
+            }
+        }
+    }
+
+    /// Decodes and deduplicates one delivery: `None` when it was dropped (acked as a duplicate,
+    /// rejected as not a result).
+    async fn accept(
+        &mut self,
+        delivery: lapin::Result<lapin::message::Delivery>,
+    ) -> Option<Result<Received>> {
+        let delivery = match delivery {
+            Ok(delivery) => delivery,
+            Err(e) => return Some(Err(ProducerError::broker("receiving results", e))),
+        };
+        let result: TaskResult = match decode(&delivery.data, DEFAULT_MAX_MESSAGE_BYTES) {
+            Ok(result) => result,
+            Err(error) => {
+                self.undecodable += 1;
+                warn!(reason = error.label(), %error, "dropping a message in the results queue that is not a result");
+                if !self.settled_on_delivery {
+                    let _ = delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await;
                 }
-            };
-            if !self.seen.insert(result.task_id) {
-                self.duplicates += 1;
-                debug!(task_id = %result.task_id, attempt = result.attempt, "duplicate result dropped");
-                if self.settled_on_delivery {
-                    continue;
-                }
+                return None;
+            }
+        };
+        if !self.seen.insert(result.task_id) {
+            self.duplicates += 1;
+            debug!(task_id = %result.task_id, attempt = result.attempt, "duplicate result dropped");
+            if !self.settled_on_delivery {
                 if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                     return Some(Err(ProducerError::broker("acking a duplicate result", e)));
                 }
-                continue;
             }
-            return Some(Ok(Received {
-                result,
-                acker: delivery.acker,
-            }));
+            return None;
         }
+        Some(Ok(Received {
+            result,
+            acker: delivery.acker,
+        }))
     }
 
     /// Acknowledges `received`: call it after the result is persisted.
     pub async fn ack(&mut self, received: Received) -> Result<()> {
+        self.settle(received, false).await
+    }
+
+    /// Acknowledges `last` and every result received before it, in one message to the broker:
+    /// call it after all of them are persisted.
+    pub async fn ack_through(&mut self, last: Received) -> Result<()> {
+        self.settle(last, true).await
+    }
+
+    async fn settle(&mut self, received: Received, multiple: bool) -> Result<()> {
         if self.settled_on_delivery {
             return Ok(());
         }
         received
             .acker
-            .ack(BasicAckOptions::default())
+            .ack(BasicAckOptions { multiple })
             .await
             .map(|_| ())
             .map_err(|e| {

@@ -1,6 +1,7 @@
-//! The two loops of a batch run, side by side in one task: **publish** (journal the task, publish
-//! it, journal its confirm; paced by `--rate`, bounded by `--max-outstanding`) and **collect**
-//! (write each new result, then ack it) until every published task has its result on disk.
+//! The two loops of a batch run, side by side in one task: **publish** (journal a burst of tasks,
+//! publish it, journal the confirms; paced by `--rate`, bounded by `--max-outstanding`) and
+//! **collect** (write each burst of results received, then ack it) until every published task
+//! has its result on disk. Working in bursts makes one `write` and one wake-up serve many tasks.
 //!
 //! Either loop failing, or the shutdown signal, stops both: publishing stops issuing new tasks
 //! but still waits for the confirms of those on the wire (so the journal knows about them), and
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use warren_schemas::task::unix_now_ns;
 use warren_schemas::{BatchRef, Task};
 
 use super::inputs::{self, BatchInput};
@@ -24,7 +26,10 @@ use super::{BatchOptions, BatchReport, Observer};
 use crate::error::{ProducerError, Result};
 use crate::producer::Producer;
 use crate::publisher::{Confirmed, Publisher};
-use crate::results::ResultStream;
+use crate::results::{ResultStream, RESULTS_PREFETCH};
+
+/// Most tasks read, journaled and handed to the connection at once.
+const PUBLISH_BURST: usize = 64;
 
 /// One run over a batch: the shared context of the publish and collect loops.
 pub(super) struct Run<'a> {
@@ -114,8 +119,8 @@ impl Run<'_> {
         Ok(report)
     }
 
-    /// Publishes each task (journal, publish, journal on confirm), paced by `rate`, until done
-    /// or `stop`.
+    /// Publishes the tasks in bursts (journal a burst, publish it, journal the confirms that
+    /// came), paced by `rate`, until done or `stop`.
     async fn publish(
         &self,
         journal: &mut Journal,
@@ -129,33 +134,59 @@ impl Run<'_> {
         let mut publisher = Publisher::new(self.producer, options.max_outstanding).await?;
         let started = tokio::time::Instant::now();
         let reply_to = Some(self.manifest.results_queue.as_str());
+        let burst_max = PUBLISH_BURST.min(options.max_outstanding).max(1);
+        let mut pending = to_publish.into_iter();
+        let mut published = 0usize;
         let mut outcome = Ok(());
-        for (n, (index, input)) in to_publish.into_iter().enumerate() {
+        while pending.len() > 0 && !stop.is_cancelled() {
+            let mut burst = burst_max.min(pending.len());
             if let Some(rate) = options.rate {
-                let at = started + Duration::from_secs_f64(n as f64 / rate);
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep_until(at) => {}
+                // Tasks due by now; when none is, sleep until the next one is.
+                let due = (started.elapsed().as_secs_f64() * rate) as usize + 1;
+                if due <= published {
+                    let at = started + Duration::from_secs_f64(published as f64 / rate);
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                    continue;
                 }
-            }
-            if stop.is_cancelled() {
-                break;
+                burst = burst.min(due - published);
             }
             let step = async {
-                let task = self.task(index, &input)?;
-                journal.sent(index)?;
-                let confirmed = publisher.publish(&task, reply_to).await?;
-                self.record_confirms(journal, &confirmed)
+                let mut indices = Vec::with_capacity(burst);
+                let mut tasks = Vec::with_capacity(burst);
+                for (index, input) in pending.by_ref().take(burst) {
+                    tasks.push(self.task(index, &input)?);
+                    indices.push(index);
+                }
+                journal.sent(&indices)?;
+                let confirmed = publisher.publish_all(&tasks, reply_to).await?;
+                self.record_confirms(journal, &confirmed)?;
+                Ok::<_, ProducerError>(tasks.len())
             };
-            if let Err(e) = step.await {
-                outcome = Err(e);
-                break;
+            match step.await {
+                Ok(n) => published += n,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
             }
         }
         // Whatever happened, wait for the confirms of what is on the wire (bounded: the broker
-        // answers quickly or the connection is gone).
+        // answers quickly or the connection is gone), recording them as they come.
         while let Some(confirm) = publisher.next_confirmed().await {
-            if let Err(e) = confirm.and_then(|c| self.record_confirms(journal, &[c])) {
+            let recorded = match confirm {
+                Ok(first) => match publisher.ready().await {
+                    Ok(mut more) => {
+                        more.insert(0, first);
+                        self.record_confirms(journal, &more)
+                    }
+                    Err(e) => self.record_confirms(journal, &[first]).and(Err(e)),
+                },
+                Err(e) => Err(e),
+            };
+            if let Err(e) = recorded {
                 if outcome.is_ok() {
                     outcome = Err(e);
                 }
@@ -166,12 +197,15 @@ impl Run<'_> {
     }
 
     fn record_confirms(&self, journal: &mut Journal, confirmed: &[Confirmed]) -> Result<()> {
-        for c in confirmed {
-            if let Some(batch) = c.batch {
-                journal.confirmed(batch.index)?;
-            }
-            self.observer.confirmed();
+        if confirmed.is_empty() {
+            return Ok(());
         }
+        let indices: Vec<u64> = confirmed
+            .iter()
+            .filter_map(|c| c.batch.map(|b| b.index))
+            .collect();
+        journal.confirmed(&indices)?;
+        self.observer.confirmed(confirmed.len() as u64);
         Ok(())
     }
 
@@ -180,8 +214,9 @@ impl Run<'_> {
         build_task(self.manifest, index, input)
     }
 
-    /// Writes results until every index in `expected` has one, or `stop`. Returns how many this
-    /// run wrote.
+    /// Writes results until every index in `expected` has one, or `stop`: each burst of results
+    /// already received is written, then acked with one message. Returns how many this run
+    /// wrote.
     async fn collect(
         &self,
         stream: &mut ResultStream,
@@ -192,8 +227,9 @@ impl Run<'_> {
         let done: HashSet<u64> = sink.records().iter().map(|r| r.index).collect();
         let mut remaining: HashSet<u64> = expected.difference(&done).copied().collect();
         let mut written = 0;
+        let mut burst = Vec::with_capacity(usize::from(RESULTS_PREFETCH));
         while !remaining.is_empty() {
-            let received = tokio::select! {
+            let first = tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
                 next = stream.next() => match next {
@@ -203,18 +239,33 @@ impl Run<'_> {
                     }),
                 },
             };
-            let result = &received.result;
-            let Some(entry) = super::late::of_batch(self.manifest, result) else {
-                warn!(task_id = %result.task_id, "dropping a result that is not from this batch");
-                stream.ack(received).await?;
-                continue;
-            };
-            let index = entry.index;
-            let record = sink.write(result, index, &entry.name)?.clone();
-            stream.ack(received).await?;
-            written += 1;
-            remaining.remove(&index);
-            self.observer.completed(&record);
+            burst.clear();
+            burst.push(first);
+            while burst.len() < usize::from(RESULTS_PREFETCH) {
+                match stream.next_ready().await {
+                    Some(received) => burst.push(received?),
+                    None => break,
+                }
+            }
+            let mut ours = Vec::with_capacity(burst.len());
+            for received in &burst {
+                let result = &received.result;
+                match super::late::of_batch(self.manifest, result) {
+                    Some(entry) => ours.push((result, entry.index, entry.name.as_str())),
+                    None => {
+                        warn!(task_id = %result.task_id, "dropping a result that is not from this batch")
+                    }
+                }
+            }
+            let records = sink.write_all(ours)?;
+            for record in records {
+                remaining.remove(&record.index);
+                self.observer.completed(record);
+            }
+            written += records.len() as u64;
+            if let Some(last) = burst.pop() {
+                stream.ack_through(last).await?;
+            }
         }
         Ok(written)
     }
@@ -270,20 +321,23 @@ pub(super) fn build_task(manifest: &Manifest, index: u64, input: &BatchInput) ->
         inputs::InputData::File(path) => ProducerError::io(path, e),
         inputs::InputData::Inline(_) => ProducerError::Internal(e.to_string()),
     })?;
-    let mut task = Task::new(manifest.module.clone(), bytes);
-    task.id = entry.task_id;
-    task.args = manifest.args.iter().chain(&input.args).cloned().collect();
-    task.env = manifest
-        .env
-        .iter()
-        .filter(|(k, _)| !input.env.iter().any(|(k2, _)| k2 == k))
-        .chain(&input.env)
-        .cloned()
-        .collect();
-    task.limits = manifest.limits;
-    task.batch = Some(BatchRef {
-        batch_id: manifest.batch_id,
-        index,
-    });
-    Ok(task)
+    Ok(Task {
+        id: entry.task_id,
+        module: manifest.module.clone(),
+        input: bytes,
+        args: manifest.args.iter().chain(&input.args).cloned().collect(),
+        env: manifest
+            .env
+            .iter()
+            .filter(|(k, _)| !input.env.iter().any(|(k2, _)| k2 == k))
+            .chain(&input.env)
+            .cloned()
+            .collect(),
+        limits: manifest.limits,
+        submitted_at_unix_ns: unix_now_ns(),
+        batch: Some(BatchRef {
+            batch_id: manifest.batch_id,
+            index,
+        }),
+    })
 }

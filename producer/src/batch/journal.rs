@@ -2,7 +2,7 @@
 //! broker, so a resumed collection knows what to wait for.
 //!
 //! Two records per task, one line each, written with a plain `write` (in the kernel before the
-//! next step, so they survive a crash of warren):
+//! next step, so they survive a crash of warren) — one `write` for a whole burst of tasks:
 //! - `s <index>` **before** the task is published: it may be in the queue from now on;
 //! - `c <index>` after the broker confirmed it: it certainly is.
 //!
@@ -11,6 +11,7 @@
 //! duplicate and dropped). A torn last line (crash mid-write) is ignored.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -93,14 +94,14 @@ impl Journal {
         Ok((journal, state))
     }
 
-    /// Records that task `index` is about to be published.
-    pub fn sent(&mut self, index: u64) -> Result<()> {
-        self.record('s', index)
+    /// Records that the tasks at `indices` are about to be published.
+    pub fn sent(&mut self, indices: &[u64]) -> Result<()> {
+        self.record('s', indices)
     }
 
-    /// Records that the broker confirmed task `index`.
-    pub fn confirmed(&mut self, index: u64) -> Result<()> {
-        self.record('c', index)
+    /// Records that the broker confirmed the tasks at `indices`.
+    pub fn confirmed(&mut self, indices: &[u64]) -> Result<()> {
+        self.record('c', indices)
     }
 
     /// Everything recorded so far.
@@ -108,14 +109,24 @@ impl Journal {
         &self.state
     }
 
-    fn record(&mut self, kind: char, index: u64) -> Result<()> {
+    /// One line per index, in one `write`.
+    fn record(&mut self, kind: char, indices: &[u64]) -> Result<()> {
+        if indices.is_empty() {
+            return Ok(());
+        }
+        let mut lines = String::with_capacity(indices.len() * 10);
+        for index in indices {
+            // Writing to a String cannot fail.
+            let _ = writeln!(lines, "{kind} {index}");
+        }
         self.file
-            .write_all(format!("{kind} {index}\n").as_bytes())
+            .write_all(lines.as_bytes())
             .map_err(|e| ProducerError::io(&self.path, e))?;
-        match kind {
-            's' => self.state.sent.insert(index),
-            _ => self.state.confirmed.insert(index),
+        let set = match kind {
+            's' => &mut self.state.sent,
+            _ => &mut self.state.confirmed,
         };
+        set.extend(indices.iter().copied());
         Ok(())
     }
 }
@@ -130,9 +141,8 @@ mod tests {
         {
             let (mut journal, state) = Journal::open(dir.path()).unwrap();
             assert!(state.sent.is_empty());
-            journal.sent(0).unwrap();
-            journal.sent(1).unwrap();
-            journal.confirmed(0).unwrap();
+            journal.sent(&[0, 1]).unwrap();
+            journal.confirmed(&[0]).unwrap();
         }
         let path = dir.path().join(JOURNAL_FILE);
         let mut text = std::fs::read_to_string(&path).unwrap();
@@ -140,7 +150,7 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let (mut journal, state) = Journal::open(dir.path()).unwrap();
         assert_eq!(state.unconfirmed().into_iter().collect::<Vec<_>>(), [1]);
-        journal.confirmed(1).unwrap();
+        journal.confirmed(&[1]).unwrap();
         let (_, state) = Journal::open(dir.path()).unwrap();
         assert!(state.unconfirmed().is_empty());
     }

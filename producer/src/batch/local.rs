@@ -145,8 +145,11 @@ pub fn run(
     std::fs::create_dir_all(&out).map_err(|e| ProducerError::io(&out, e))?;
     // The batch's description, as a queued batch stores it; here it only names tasks and feeds
     // the progress report (nothing is queued, so there is nothing for `collect` to resume).
-    let manifest = Manifest::new(batch_id, spec, &inputs, inputs_path);
-    let mut sink = Sink::open(&out, manifest.ok_exit_codes.clone())?;
+    let manifest = Manifest {
+        output_format: options.output_format,
+        ..Manifest::new(batch_id, spec, &inputs, inputs_path)
+    };
+    let mut sink = Sink::open(&out, manifest.ok_exit_codes.clone(), manifest.output_format)?;
     let count = inputs.len() as u64;
     observer.started(&manifest, count, count, 0);
     let task = |i: usize| {
@@ -154,7 +157,7 @@ pub fn run(
         Ok((index, build_task(&manifest, index, &inputs[i])?))
     };
     let interrupted = runner.run_all(inputs.len(), task, shutdown, |index, result| {
-        observer.confirmed();
+        observer.confirmed(1);
         let name = &manifest
             .task(index)
             .ok_or_else(|| ProducerError::Internal(format!("task {index} is not in the batch")))?

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use warren_schemas::{ModuleRef, TaskId, TaskLimits};
 
 use super::inputs::BatchInput;
+use super::output_format::OutputFormat;
 use super::{BatchSpec, OkExitCodes};
 use crate::error::{ProducerError, Result};
 
@@ -48,6 +49,9 @@ pub struct Manifest {
     /// Exit codes that count as success (`--ok-exit-codes`; `0` for batches from before it).
     #[serde(default)]
     pub ok_exit_codes: OkExitCodes,
+    /// Where each task's stdout and stderr go (`files` for batches from before the choice).
+    #[serde(default)]
+    pub output_format: OutputFormat,
     /// The `--inputs` path, absolute.
     pub inputs: PathBuf,
     /// One entry per input, in index order.
@@ -81,6 +85,7 @@ impl Manifest {
             env: spec.env,
             limits: spec.limits,
             ok_exit_codes: spec.ok_exit_codes,
+            output_format: OutputFormat::default(),
             inputs: std::path::absolute(inputs_path).unwrap_or_else(|_| inputs_path.to_owned()),
             tasks: inputs
                 .iter()

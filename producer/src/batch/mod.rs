@@ -14,7 +14,8 @@
 //! - [`inputs`]: reading and checking inputs (directory or JSONL) before anything is sent.
 //! - [`manifest`]: `.warren-batch.json`, the batch's description.
 //! - [`journal`]: `.warren-published`, what reached the broker.
-//! - [`sink`]: `<name>.out`, `<name>.err`, `results.jsonl`.
+//! - [`sink`]: `results.jsonl`, and `<name>.out`, `<name>.err` or the output inline.
+//! - [`output_format`]: `--output-format files|inline`.
 //! - [`summary`]: counts and latency percentiles.
 //! - [`ok_codes`]: which exit codes count as success (`--ok-exit-codes`).
 //! - [`late`]: results that arrived after the batch's results queue expired, taken from the
@@ -30,6 +31,7 @@ pub mod late;
 pub mod local;
 pub mod manifest;
 pub mod ok_codes;
+pub mod output_format;
 pub mod sink;
 pub mod summary;
 
@@ -50,6 +52,7 @@ use journal::Journal;
 use late::LateResults;
 use manifest::{results_queue_name, Manifest};
 pub use ok_codes::OkExitCodes;
+pub use output_format::OutputFormat;
 use sink::{Record, Sink};
 use summary::Summary;
 
@@ -76,6 +79,9 @@ pub struct BatchSpec {
 pub struct BatchOptions {
     /// Output directory; `None` = `./warren-batch-<id>`.
     pub out: Option<PathBuf>,
+    /// Where each task's stdout and stderr go (a new batch's choice; `collect` keeps the
+    /// batch's).
+    pub output_format: OutputFormat,
     /// Most publishes awaiting their confirm at once.
     pub max_outstanding: usize,
     /// Most tasks published per second; `None` = as fast as confirms allow.
@@ -91,8 +97,8 @@ pub trait Observer {
     /// Work is about to start: `to_publish` tasks to publish, `expected` results in all of
     /// which `done` are already on disk.
     fn started(&self, _manifest: &Manifest, _to_publish: u64, _expected: u64, _done: u64) {}
-    /// The broker confirmed one more task.
-    fn confirmed(&self) {}
+    /// The broker confirmed `count` more tasks.
+    fn confirmed(&self, _count: u64) {}
     /// One more result is on disk.
     fn completed(&self, _record: &Record) {}
     /// The batch's results queue was gone; `late` says what was taken from the
@@ -200,6 +206,7 @@ pub async fn run(
         results_queue: results_queue_name(batch_id),
         results_ttl_ms: u64::try_from(options.results_ttl.as_millis()).unwrap_or(u64::MAX),
         tasks_queue: producer.topology().tasks.clone(),
+        output_format: options.output_format,
         ..Manifest::new(batch_id, spec, &inputs, inputs_path)
     };
     // Manifest first: from the first publish on, `collect` must be able to find the batch.
@@ -209,7 +216,7 @@ pub async fn run(
         .await?;
     info!(batch_id = %batch_id, out = %out.display(), inputs = inputs.len(), "batch created");
     let (journal, _) = Journal::open(&out)?;
-    let sink = Sink::open(&out, manifest.ok_exit_codes.clone())?;
+    let sink = Sink::open(&out, manifest.ok_exit_codes.clone(), manifest.output_format)?;
     let to_publish: Vec<(u64, BatchInput)> = (0u64..).zip(inputs).collect();
     let run = Run {
         producer,
@@ -246,7 +253,7 @@ pub async fn collect(
         warn!(batch = %manifest.tasks_queue, now = %producer.topology().tasks, "the batch was published to another task queue; republishing goes to the current one");
     }
     let (journal, state) = Journal::open(out)?;
-    let mut sink = Sink::open(out, manifest.ok_exit_codes.clone())?;
+    let mut sink = Sink::open(out, manifest.ok_exit_codes.clone(), manifest.output_format)?;
     let done = |sink: &Sink| -> HashSet<u64> { sink.records().iter().map(|r| r.index).collect() };
     let on_disk = done(&sink);
     // Sent but unconfirmed: maybe lost, so sent again (same task id; duplicates are dropped).

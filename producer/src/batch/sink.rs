@@ -1,9 +1,10 @@
-//! Where a batch's results land: `<out>/<name>.out` (the guest's stdout), `<out>/<name>.err`
-//! (its stderr, only when there was any) and one line per task in `<out>/results.jsonl`.
+//! Where a batch's results land: one line per task in `<out>/results.jsonl`, and the guest's
+//! stdout and stderr either in `<out>/<name>.out` and `<out>/<name>.err` (stderr only when there
+//! was any) or inline in the line ([`OutputFormat`]).
 //!
-//! Order per result: output files are written to a temporary name and renamed into place (never
-//! half-written), then the `results.jsonl` line is appended with one `write` — and only after
-//! that does the caller ack the result message. A crash before the line leaves the message
+//! Order per burst of results: output files are written to a temporary name and renamed into
+//! place (never half-written), then the burst's `results.jsonl` lines are appended with one
+//! `write` — and only after that does the caller ack the result messages. A crash before the line leaves the message
 //! unacked, so it is redelivered and the files are simply rewritten with the same content; a
 //! crash after the line means the task is done, and its redelivered copy is recognised by task
 //! id and dropped. So every task appears in `results.jsonl` exactly once. An exclusive lock on
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use warren_schemas::{Outcome, TaskId, TaskResult};
 
+use super::output_format::{Inline, InlineLine, OutputFormat};
 use super::OkExitCodes;
 use crate::error::{ProducerError, Result};
 
@@ -55,9 +57,9 @@ pub struct Record {
     pub run_us: f64,
     /// The worker's whole handling of the task, in microseconds.
     pub total_us: f64,
-    /// Bytes of stdout (in `<name>.out`).
+    /// Bytes of stdout (in `<name>.out`, or inline).
     pub stdout_bytes: u64,
-    /// Bytes of stderr (in `<name>.err`, written only when non-empty).
+    /// Bytes of stderr (in `<name>.err`, written only when non-empty, or inline).
     pub stderr_bytes: u64,
     /// True when the worker cut stderr at its cap.
     pub stderr_truncated: bool,
@@ -106,8 +108,14 @@ impl Record {
 pub struct Sink {
     /// The directory.
     out: PathBuf,
-    /// `results.jsonl`, appending, unbuffered.
+    /// `results.jsonl`, appending, unbuffered: one `write` per burst.
     log: File,
+    /// Where stdout and stderr go.
+    format: OutputFormat,
+    /// The burst's lines, reused.
+    lines: Vec<u8>,
+    /// Bytes of complete lines in `results.jsonl`.
+    log_len: u64,
     /// Every record written so far (read back on open).
     records: Vec<Record>,
     /// Task ids in `records`.
@@ -117,9 +125,10 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Opens `out` (which must exist), reading back the results already written. A torn last
-    /// line (crash mid-write) is cut off: its result was never acked and will come again.
-    pub fn open(out: &Path, ok: OkExitCodes) -> Result<Self> {
+    /// Opens `out` (which must exist) for results in `format`, reading back the results already
+    /// written. A torn last line (crash mid-write) is cut off: its result was never acked and
+    /// will come again.
+    pub fn open(out: &Path, ok: OkExitCodes, format: OutputFormat) -> Result<Self> {
         let path = out.join(RESULTS_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -168,6 +177,9 @@ impl Sink {
         Ok(Sink {
             out: out.to_owned(),
             log,
+            format,
+            lines: Vec::new(),
+            log_len: complete.len() as u64,
             ok,
             records,
             done,
@@ -192,20 +204,77 @@ impl Sink {
     /// Writes `result` for input `name` at `index`: output files, then the log line. When this
     /// returns, the result is persisted and its message may be acked.
     pub fn write(&mut self, result: &TaskResult, index: u64, name: &str) -> Result<&Record> {
-        write_atomically(&self.out, &format!("{name}.out"), &result.stdout)?;
-        if !result.stderr.is_empty() {
-            write_atomically(&self.out, &format!("{name}.err"), &result.stderr)?;
+        let written = self.write_all([(result, index, name)])?;
+        Ok(&written[0])
+    }
+
+    /// Writes a burst of results (each with its input's index and name): every output file,
+    /// then all their log lines in one `write`. When this returns, the results are persisted and
+    /// their messages may be acked. Returns their records.
+    pub fn write_all<'r>(
+        &mut self,
+        results: impl IntoIterator<Item = (&'r TaskResult, u64, &'r str)>,
+    ) -> Result<&[Record]> {
+        let first = self.records.len();
+        let written = self.stage(results).and_then(|()| {
+            self.log
+                .write_all(&self.lines)
+                .map_err(|e| ProducerError::io(self.out.join(RESULTS_FILE), e))
+        });
+        if let Err(error) = written {
+            // Not persisted: forget them, as the next open would (their messages stay unacked),
+            // and cut off any part of their lines that reached the file so the next burst starts
+            // on a line of its own.
+            self.records.truncate(first);
+            let _ = self.log.set_len(self.log_len);
+            return Err(error);
         }
-        let record = Record::new(result, index, name, &self.ok);
-        let mut line = serde_json::to_vec(&record)
-            .map_err(|e| ProducerError::Internal(format!("record does not serialize: {e}")))?;
-        line.push(b'\n');
-        self.log
-            .write_all(&line)
-            .map_err(|e| ProducerError::io(self.out.join(RESULTS_FILE), e))?;
-        self.done.insert(record.task_id);
-        self.records.push(record);
-        Ok(self.records.last().expect("just pushed"))
+        self.log_len += self.lines.len() as u64;
+        for record in &self.records[first..] {
+            self.done.insert(record.task_id);
+        }
+        Ok(&self.records[first..])
+    }
+
+    /// Writes the burst's output files (files format) and its lines into `self.lines`, and adds
+    /// its records.
+    fn stage<'r>(
+        &mut self,
+        results: impl IntoIterator<Item = (&'r TaskResult, u64, &'r str)>,
+    ) -> Result<()> {
+        self.lines.clear();
+        for (result, index, name) in results {
+            let record = Record::new(result, index, name, &self.ok);
+            let line = match self.format {
+                OutputFormat::Files => {
+                    write_atomically(&self.out, &format!("{name}.out"), &result.stdout)?;
+                    if !result.stderr.is_empty() {
+                        write_atomically(&self.out, &format!("{name}.err"), &result.stderr)?;
+                    }
+                    serde_json::to_writer(&mut self.lines, &record)
+                }
+                OutputFormat::Inline => serde_json::to_writer(
+                    &mut self.lines,
+                    &InlineLine {
+                        record: &record,
+                        stdout: Inline {
+                            stream: "stdout",
+                            bytes: &result.stdout,
+                            always: true,
+                        },
+                        stderr: Inline {
+                            stream: "stderr",
+                            bytes: &result.stderr,
+                            always: false,
+                        },
+                    },
+                ),
+            };
+            line.map_err(|e| ProducerError::Internal(format!("record does not serialize: {e}")))?;
+            self.lines.push(b'\n');
+            self.records.push(record);
+        }
+        Ok(())
     }
 }
 
@@ -241,8 +310,8 @@ mod tests {
     #[test]
     fn a_second_writer_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Sink::open(dir.path(), OkExitCodes::default()).unwrap();
-        let second = Sink::open(dir.path(), OkExitCodes::default())
+        let _first = Sink::open(dir.path(), OkExitCodes::default(), OutputFormat::Files).unwrap();
+        let second = Sink::open(dir.path(), OkExitCodes::default(), OutputFormat::Files)
             .err()
             .expect("locked");
         assert!(second.to_string().contains("in use"), "{second}");
@@ -253,7 +322,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = result(b"one");
         {
-            let mut sink = Sink::open(dir.path(), OkExitCodes::default()).unwrap();
+            let mut sink =
+                Sink::open(dir.path(), OkExitCodes::default(), OutputFormat::Files).unwrap();
             sink.write(&first, 0, "a").unwrap();
         }
         assert_eq!(std::fs::read(dir.path().join("a.out")).unwrap(), b"one");
@@ -262,11 +332,11 @@ mod tests {
         let mut text = std::fs::read_to_string(&log).unwrap();
         text.push_str("{\"task_id\":");
         std::fs::write(&log, text).unwrap();
-        let mut sink = Sink::open(dir.path(), OkExitCodes::default()).unwrap();
+        let mut sink = Sink::open(dir.path(), OkExitCodes::default(), OutputFormat::Files).unwrap();
         assert!(sink.is_done(&first.task_id));
         sink.write(&result(b"two"), 1, "b").unwrap();
         drop(sink);
-        let sink = Sink::open(dir.path(), OkExitCodes::default()).unwrap();
+        let sink = Sink::open(dir.path(), OkExitCodes::default(), OutputFormat::Files).unwrap();
         let names: Vec<_> = sink.records().iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
     }
@@ -275,7 +345,7 @@ mod tests {
     fn an_accepted_exit_code_is_recorded_as_success_with_its_code() {
         let dir = tempfile::tempdir().unwrap();
         let ok: OkExitCodes = "0,10".parse().unwrap();
-        let mut sink = Sink::open(dir.path(), ok).unwrap();
+        let mut sink = Sink::open(dir.path(), ok, OutputFormat::Files).unwrap();
         let mut sat = result(b"sat");
         sat.outcome = Outcome::NonZeroExit { code: 10 };
         let mut error = result(b"");

@@ -13,7 +13,9 @@ use super::args::{parse_rate, LocalArgs, OkArgs, QueueArgs, TaskArgs};
 use super::progress::Bars;
 use super::resume::Resume;
 use super::EXIT_INTERRUPTED;
-use crate::batch::{self, inputs, BatchOptions, BatchReport, BatchSpec, DEFAULT_RESULTS_TTL};
+use crate::batch::{
+    self, inputs, BatchOptions, BatchReport, BatchSpec, OutputFormat, DEFAULT_RESULTS_TTL,
+};
 use crate::producer::Producer;
 use crate::publisher::DEFAULT_MAX_OUTSTANDING;
 use warren_schemas::args::{parse_nonzero_duration, parse_positive};
@@ -38,6 +40,12 @@ pub struct BatchArgs {
     /// `results.jsonl`, and the batch's manifest. Default: ./warren-batch-<batch id>.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+
+    /// Where each task's stdout and stderr go: `files` (`<name>.out`, `<name>.err`) or `inline`
+    /// (`stdout`/`stderr` fields of its `results.jsonl` line, base64 when not UTF-8: no file
+    /// per task, for batches of many small outputs).
+    #[arg(long, value_name = "files|inline", default_value_t = OutputFormat::Files)]
+    pub output_format: OutputFormat,
 
     /// Publish and exit without collecting; `warren collect` fetches the results later.
     #[arg(long, conflicts_with = "local")]
@@ -126,6 +134,7 @@ pub async fn run_batch(
         .unwrap_or_else(|| batch::default_out(batch_id));
     let options = BatchOptions {
         out: Some(out.clone()),
+        output_format: args.output_format,
         max_outstanding: args.flow.max_outstanding,
         rate: args.rate,
         wait: !args.no_wait,
@@ -248,6 +257,8 @@ pub async fn run_collect(
         .unwrap_or_else(|| batch::default_out(args.batch_id));
     let options = BatchOptions {
         out: Some(out.clone()),
+        // The batch's own, from its manifest.
+        output_format: OutputFormat::default(),
         max_outstanding: args.flow.max_outstanding,
         rate: args.rate,
         wait: true,

@@ -87,8 +87,8 @@ impl Observer for Bars {
         }
     }
 
-    fn confirmed(&self) {
-        self.published.inc(1);
+    fn confirmed(&self, count: u64) {
+        self.published.inc(count);
     }
 
     fn completed(&self, _record: &Record) {
