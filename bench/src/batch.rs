@@ -18,8 +18,8 @@ use serde::Serialize;
 use warren_schemas::args::BrokerArgs;
 use warren_worker::ModuleSource;
 
-use crate::broker::BenchQueues;
-use crate::queue::{drain_rate, Case, QueueBenchArgs};
+use crate::broker::{local_broker_cpu, BenchQueues};
+use crate::queue::{drain_rate, Case, DrainRate, QueueBenchArgs};
 use crate::workers::{self, WorkerBinary, WorkerLaunch};
 
 /// One producer to measure: a label, the `warren` binary and extra `batch` flags.
@@ -115,6 +115,14 @@ pub struct BatchBenchRow {
     pub voluntary_switches_per_task: f64,
     /// Involuntary context switches of the producer per task.
     pub involuntary_switches_per_task: f64,
+    /// Worker CPU per task during the batch.
+    pub worker_cpu_us_per_task: f64,
+    /// Local broker CPU per task during the batch (none if the broker is elsewhere).
+    pub broker_cpu_us_per_task: Option<f64>,
+    /// Worker CPU per task while draining the trivial queue (same round).
+    pub trivial_worker_cpu_us_per_task: f64,
+    /// Local broker CPU per task while draining the trivial queue (same round).
+    pub trivial_broker_cpu_us_per_task: Option<f64>,
     /// Rounds run.
     pub rounds: usize,
 }
@@ -150,11 +158,14 @@ pub fn run_batch_bench(args: &BatchBenchArgs) -> anyhow::Result<Vec<BatchBenchRo
     let mut rounds: Vec<Vec<BatchBenchRow>> = vec![Vec::new(); variants.len()];
     for round in 1..=args.rounds {
         let trivial = runtime.block_on(drain_rate(&queue_args, Case::Trivial))?;
-        eprintln!("[round {round}] trivial drain: {trivial:.0} tasks/s");
+        eprintln!(
+            "[round {round}] trivial drain: {:.0} tasks/s",
+            trivial.tasks_per_s
+        );
         for (variant, runs) in variants.iter().zip(&mut rounds) {
             let out = work.path().join(format!("out-{round}-{}", variant.label));
             let run = runtime.block_on(run_variant(args, variant, &inputs, &out))?;
-            let row = run.row(variant, args.tasks, trivial);
+            let row = run.row(variant, args.tasks, &trivial);
             eprintln!(
                 "[round {round}] {}: {:.0} tasks/s ({:.2} of trivial), {:.1} µs producer CPU per task",
                 variant.label, row.tasks_per_s, row.ratio_to_trivial, row.cpu_us_per_task
@@ -229,30 +240,38 @@ fn write_inputs(dir: &Path, count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the kernel accounted for one `warren batch` process.
+/// What the kernel accounted for one `warren batch` process, and for the worker and the
+/// broker meanwhile.
 struct Run {
     elapsed: Duration,
     user: Duration,
     system: Duration,
     voluntary: u64,
     involuntary: u64,
+    worker: Duration,
+    broker: Option<Duration>,
 }
 
 impl Run {
-    fn row(&self, variant: &Variant, tasks: usize, trivial: f64) -> BatchBenchRow {
+    fn row(&self, variant: &Variant, tasks: usize, trivial: &DrainRate) -> BatchBenchRow {
         let n = tasks as f64;
+        let per_task = |d: Duration| d.as_secs_f64() * 1e6 / n;
         let tasks_per_s = n / self.elapsed.as_secs_f64().max(1e-9);
         BatchBenchRow {
             variant: variant.label.clone(),
             tasks,
             tasks_per_s,
-            ratio_to_trivial: tasks_per_s / trivial.max(1e-9),
-            trivial_per_s: trivial,
-            cpu_us_per_task: (self.user + self.system).as_secs_f64() * 1e6 / n,
-            user_us_per_task: self.user.as_secs_f64() * 1e6 / n,
-            system_us_per_task: self.system.as_secs_f64() * 1e6 / n,
+            ratio_to_trivial: tasks_per_s / trivial.tasks_per_s.max(1e-9),
+            trivial_per_s: trivial.tasks_per_s,
+            cpu_us_per_task: per_task(self.user + self.system),
+            user_us_per_task: per_task(self.user),
+            system_us_per_task: per_task(self.system),
             voluntary_switches_per_task: self.voluntary as f64 / n,
             involuntary_switches_per_task: self.involuntary as f64 / n,
+            worker_cpu_us_per_task: per_task(self.worker),
+            broker_cpu_us_per_task: self.broker.map(per_task),
+            trivial_worker_cpu_us_per_task: trivial.worker_cpu_us_per_task,
+            trivial_broker_cpu_us_per_task: trivial.broker_cpu_us_per_task,
             rounds: 1,
         }
     }
@@ -291,10 +310,20 @@ async fn run_variant(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    let (worker_before, broker_before) = (worker.cpu_time(), local_broker_cpu());
     let run = tokio::task::block_in_place(|| run_accounted(command));
+    let (worker_after, broker_after) = (worker.cpu_time(), local_broker_cpu());
     worker.stop()?;
     queues.delete().await;
-    let (run, stderr) = run?;
+    let (mut run, stderr) = run?;
+    run.worker = worker_after
+        .zip(worker_before)
+        .map_or(Duration::ZERO, |(after, before)| {
+            after.saturating_sub(before)
+        });
+    run.broker = broker_after
+        .zip(broker_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let written = std::fs::read_to_string(out.join("results.jsonl"))
         .map(|text| text.lines().count())
         .unwrap_or(0);
@@ -345,6 +374,8 @@ fn run_accounted(mut command: Command) -> anyhow::Result<(Run, String)> {
             system: time(usage.ru_stime),
             voluntary: u64::try_from(usage.ru_nvcsw).unwrap_or(0),
             involuntary: u64::try_from(usage.ru_nivcsw).unwrap_or(0),
+            worker: Duration::ZERO,
+            broker: None,
         },
         stderr,
     ))
@@ -363,22 +394,44 @@ fn median_round(mut runs: Vec<BatchBenchRow>) -> Option<BatchBenchRow> {
 }
 
 fn print_table(rows: &[BatchBenchRow]) {
+    let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
     println!(
-        "{:<12} {:>8} {:>10} {:>10} {:>9} {:>11} {:>9} {:>9} {:>8} {:>8}",
+        "{:<10} {:>7} {:>8} {:>9} {:>6} {:>9} {:>8} {:>8} {:>7} {:>7} | {:>8} {:>8} | {:>8} {:>8}",
         "variant",
         "tasks",
         "tasks/s",
         "trivial/s",
         "ratio",
-        "cpu µs/task",
-        "user µs",
-        "sys µs",
+        "producer",
+        "user",
+        "sys",
         "vcsw/t",
-        "ivcsw/t"
+        "ivcsw/t",
+        "worker",
+        "broker",
+        "trivial:",
+        "broker"
+    );
+    println!(
+        "{:<10} {:>7} {:>8} {:>9} {:>6} {:>9} {:>8} {:>8} {:>7} {:>7} | {:>8} {:>8} | {:>8} {:>8}",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "µs/task",
+        "µs",
+        "µs",
+        "",
+        "",
+        "µs/task",
+        "µs/task",
+        "worker",
+        "µs/task"
     );
     for r in rows {
         println!(
-            "{:<12} {:>8} {:>10.0} {:>10.0} {:>9.2} {:>11.1} {:>9.1} {:>9.1} {:>8.2} {:>8.2}",
+            "{:<10} {:>7} {:>8.0} {:>9.0} {:>6.2} {:>9.1} {:>8.1} {:>8.1} {:>7.2} {:>7.2} | {:>8.1} {:>8} | {:>8.1} {:>8}",
             r.variant,
             r.tasks,
             r.tasks_per_s,
@@ -388,7 +441,11 @@ fn print_table(rows: &[BatchBenchRow]) {
             r.user_us_per_task,
             r.system_us_per_task,
             r.voluntary_switches_per_task,
-            r.involuntary_switches_per_task
+            r.involuntary_switches_per_task,
+            r.worker_cpu_us_per_task,
+            opt(r.broker_cpu_us_per_task),
+            r.trivial_worker_cpu_us_per_task,
+            opt(r.trivial_broker_cpu_us_per_task)
         );
     }
 }

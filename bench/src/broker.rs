@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use lapin::options::QueueDeleteOptions;
 use warren::{Producer, Topology};
+use warren_tests::worker_process::process_cpu_time;
 
 /// The replies queue expires this long after its last use, should the benchmark not delete it.
 const REPLIES_EXPIRE: Duration = Duration::from_secs(3600);
@@ -56,4 +57,21 @@ impl BenchQueues {
         }
         self.producer.close().await;
     }
+}
+
+/// CPU time used so far by the RabbitMQ nodes running on this machine (every `beam.smp`
+/// process), or `None` when there is none: the broker's share of a benchmark, when it is local.
+pub fn local_broker_cpu() -> Option<Duration> {
+    let nodes: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid: &u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "beam.smp")
+        })
+        .collect();
+    if nodes.is_empty() {
+        return None;
+    }
+    Some(nodes.into_iter().filter_map(process_cpu_time).sum())
 }

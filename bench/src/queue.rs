@@ -25,7 +25,7 @@ use warren_schemas::{BatchRef, ModuleRef, Task};
 use warren_tests::worker_process::WorkerProcess;
 use warren_worker::ModuleSource;
 
-use crate::broker::BenchQueues;
+use crate::broker::{local_broker_cpu, BenchQueues};
 use crate::stats::percentile;
 use crate::workers::{self, WorkerBinary, WorkerLaunch};
 
@@ -294,6 +294,8 @@ struct Drained {
     arrivals: Vec<Arrival>,
     /// Worker CPU (all processes) per task while draining.
     cpu_us_per_task: f64,
+    /// CPU of the RabbitMQ nodes on this machine per task while draining (none if remote).
+    broker_cpu_us_per_task: Option<f64>,
     /// The case's replies.
     results: Results,
     /// The case's workers, still running.
@@ -320,8 +322,12 @@ async fn drain(args: &QueueBenchArgs, case: Case, queues: &BenchQueues) -> anyho
     let mut workers = WorkerProcesses::start(args, case, queues.topology())?;
     workers.wait_ready(Duration::from_secs(120))?;
     let cpu_before = workers.cpu_time();
+    let broker_before = local_broker_cpu();
     let arrivals = results.collect(n, Duration::from_secs(60)).await?;
     let cpu_after = workers.cpu_time();
+    let broker_cpu_us_per_task = local_broker_cpu()
+        .zip(broker_before)
+        .map(|(after, before)| after.saturating_sub(before).as_secs_f64() * 1e6 / n as f64);
     let (first, last) = match (arrivals.first(), arrivals.last()) {
         (Some(first), Some(last)) => (first.at, last.at),
         _ => bail!("no results arrived"),
@@ -333,18 +339,34 @@ async fn drain(args: &QueueBenchArgs, case: Case, queues: &BenchQueues) -> anyho
         tasks_per_s,
         arrivals,
         cpu_us_per_task,
+        broker_cpu_us_per_task,
         results,
         workers,
     })
 }
 
+/// What [`drain_rate`] measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DrainRate {
+    /// Results per second.
+    pub tasks_per_s: f64,
+    /// Worker CPU per task.
+    pub worker_cpu_us_per_task: f64,
+    /// Local broker CPU per task (none if the broker is elsewhere).
+    pub broker_cpu_us_per_task: Option<f64>,
+}
+
 /// Tasks/s of `case`'s workers draining a full queue of `args.tasks` tasks, on queues of its
 /// own: the throughput phase alone, for benchmarks that compare against it.
-pub(crate) async fn drain_rate(args: &QueueBenchArgs, case: Case) -> anyhow::Result<f64> {
+pub(crate) async fn drain_rate(args: &QueueBenchArgs, case: Case) -> anyhow::Result<DrainRate> {
     let queues = BenchQueues::declare(&args.broker.amqp_url, "bench").await?;
     let drained = drain(args, case, &queues).await;
     let rate = match drained {
-        Ok(mut drained) => drained.workers.stop().map(|()| drained.tasks_per_s),
+        Ok(mut drained) => drained.workers.stop().map(|()| DrainRate {
+            tasks_per_s: drained.tasks_per_s,
+            worker_cpu_us_per_task: drained.cpu_us_per_task,
+            broker_cpu_us_per_task: drained.broker_cpu_us_per_task,
+        }),
         Err(e) => Err(e),
     };
     queues.delete().await;
@@ -364,6 +386,7 @@ async fn measure(
         cpu_us_per_task,
         mut results,
         mut workers,
+        ..
     } = drain(args, case, queues).await?;
     // The null worker names a module in its results (to match their size) but instantiates none.
     let mut instantiate: Vec<u64> = match case {

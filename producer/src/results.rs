@@ -14,7 +14,6 @@ use futures_lite::future::poll_once;
 use futures_lite::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
-use lapin::Acker;
 use lapin::{Channel, Consumer};
 use tracing::{debug, warn};
 use warren_schemas::{decode, TaskId, TaskResult, DEFAULT_MAX_MESSAGE_BYTES};
@@ -29,8 +28,9 @@ pub const RESULTS_PREFETCH: u16 = 256;
 pub struct Received {
     /// The worker's answer.
     pub result: TaskResult,
-    /// Acknowledges the delivery once the caller has persisted the result.
-    acker: Acker,
+    /// The delivery's tag on the stream's channel, to acknowledge it once the caller has
+    /// persisted the result.
+    tag: u64,
 }
 
 /// A consumer of results from one queue, deduplicating by task id.
@@ -140,9 +140,9 @@ impl ResultStream {
                 self.undecodable += 1;
                 warn!(reason = error.label(), %error, "dropping a message in the results queue that is not a result");
                 if !self.settled_on_delivery {
-                    let _ = delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: false })
+                    let _ = self
+                        .channel
+                        .basic_reject(delivery.delivery_tag, BasicRejectOptions { requeue: false })
                         .await;
                 }
                 return None;
@@ -152,7 +152,11 @@ impl ResultStream {
             self.duplicates += 1;
             debug!(task_id = %result.task_id, attempt = result.attempt, "duplicate result dropped");
             if !self.settled_on_delivery {
-                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                let acked = self
+                    .channel
+                    .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+                    .await;
+                if let Err(e) = acked {
                     return Some(Err(ProducerError::broker("acking a duplicate result", e)));
                 }
             }
@@ -160,7 +164,7 @@ impl ResultStream {
         }
         Some(Ok(Received {
             result,
-            acker: delivery.acker,
+            tag: delivery.delivery_tag,
         }))
     }
 
@@ -179,11 +183,11 @@ impl ResultStream {
         if self.settled_on_delivery {
             return Ok(());
         }
-        received
-            .acker
-            .ack(BasicAckOptions { multiple })
+        // On the channel itself, in order with the stream's other acks and rejects (lapin's
+        // `Acker` would hand each to another task first).
+        self.channel
+            .basic_ack(received.tag, BasicAckOptions { multiple })
             .await
-            .map(|_| ())
             .map_err(|e| {
                 ProducerError::broker(
                     format!("acking the result of task {}", received.result.task_id),

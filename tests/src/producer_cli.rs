@@ -88,10 +88,21 @@ impl WarrenCli {
     /// so that whatever the test does next lands mid-batch, and returns once `first` results are
     /// on disk. Call from a multi-threaded tokio test (it blocks in place while waiting).
     pub fn start_paced_upper_batch(&self, count: usize, rate: &str, first: usize) -> PacedBatch {
+        self.start_paced_upper_batch_with(count, rate, first, &[])
+    }
+
+    /// [`WarrenCli::start_paced_upper_batch`] with more `batch` flags.
+    pub fn start_paced_upper_batch_with(
+        &self,
+        count: usize,
+        rate: &str,
+        first: usize,
+        flags: &[&str],
+    ) -> PacedBatch {
         let dir = tempfile::tempdir().unwrap();
         let (inputs, out) = (dir.path().join("in"), dir.path().join("out"));
         write_inputs(&inputs, count);
-        let mut child = self.spawn(&[
+        let mut args = vec![
             "batch",
             "upper",
             "--inputs",
@@ -100,7 +111,9 @@ impl WarrenCli {
             out.to_str().unwrap(),
             "--rate",
             rate,
-        ]);
+        ];
+        args.extend_from_slice(flags);
+        let mut child = self.spawn(&args);
         tokio::task::block_in_place(|| wait_for_results(&out, first, &mut child));
         PacedBatch {
             dir,
@@ -205,9 +218,7 @@ pub fn assert_each_result_once(
             .unwrap_or_else(|| panic!("no record for {name}"));
         assert_eq!(record["task_id"], task["task_id"], "{name}: task id");
         assert_eq!(record["index"], task["index"], "{name}: index");
-        let output = std::fs::read(out.join(format!("{name}.out")))
-            .unwrap_or_else(|e| panic!("{name}.out: {e}"));
-        assert_eq!(output, expected(name), "{name}.out");
+        assert_eq!(output_of(out, record), expected(name), "{name}: stdout");
     }
     let leftovers: Vec<_> = std::fs::read_dir(out)
         .expect("out dir")
@@ -217,6 +228,36 @@ pub fn assert_each_result_once(
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     by_name
+}
+
+/// The stdout of `record`'s task: its `<name>.out` file, or with `--output-format inline` (the
+/// manifest says which) its line's `stdout` / `stdout_base64` — and then no `.out` file may
+/// exist.
+pub fn output_of(out: &Path, record: &serde_json::Value) -> Vec<u8> {
+    let name = record["name"].as_str().expect("name");
+    let file = out.join(format!("{name}.out"));
+    if manifest(out)["output_format"] != "inline" {
+        return std::fs::read(&file).unwrap_or_else(|e| panic!("{name}.out: {e}"));
+    }
+    assert!(!file.exists(), "{name}.out written for an inline batch");
+    inline_stream(record, "stdout")
+}
+
+/// Stream `stream` (`stdout` or `stderr`) of an inline `results.jsonl` record: the text field,
+/// or the base64 one decoded, or nothing.
+pub fn inline_stream(record: &serde_json::Value, stream: &str) -> Vec<u8> {
+    use base64::Engine;
+    match (
+        record[stream].as_str(),
+        record[format!("{stream}_base64")].as_str(),
+    ) {
+        (Some(text), None) => text.as_bytes().to_vec(),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64"),
+        (None, None) => Vec::new(),
+        (Some(_), Some(_)) => panic!("{stream} both as text and base64: {record}"),
+    }
 }
 
 /// Deletes `queue` (e.g. a batch's results queue), whatever it holds.

@@ -175,15 +175,7 @@ impl WorkerProcess {
 
     /// User + system CPU time used so far (`/proc/<pid>/stat`).
     pub fn cpu_time(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
-        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(Duration::from_secs_f64(
-            (utime + stime) as f64 / CLOCK_TICKS_PER_S,
-        ))
+        process_cpu_time(self.pid())
     }
 
     /// Sends `signal` (e.g. "TERM", "KILL") to the process.
@@ -254,4 +246,17 @@ fn test_command(
         .args(["--max-concurrent-tasks", &concurrency.to_string()])
         .env("WARREN_LOG", "warn");
     worker
+}
+
+/// User + system CPU time process `pid` has used so far (`/proc/<pid>/stat`).
+pub fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / CLOCK_TICKS_PER_S,
+    ))
 }

@@ -1,5 +1,6 @@
 //! `warren batch --local` and `warren submit --local`: the tasks run in the `warren` process, no
-//! broker, and the output directory holds what a batch through the queue writes.
+//! broker, and the output directory holds what a batch through the queue writes — in either
+//! output format (`--output-format inline` holds the same outputs inside `results.jsonl`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -7,7 +8,9 @@ use std::process::{Command, Output, Stdio};
 
 use sha2::{Digest, Sha256};
 use warren_tests::broker::TestBroker;
-use warren_tests::producer_cli::{delete_queue, results, results_queue, text, WarrenCli};
+use warren_tests::producer_cli::{
+    delete_queue, inline_stream, results, results_queue, text, WarrenCli,
+};
 use warren_tests::worker_process::WorkerProcess;
 use warren_tests::{binary, module_path, modules_dir, shared_aot_cache};
 
@@ -23,6 +26,11 @@ const BATCHES: &[Batch] = &[
     Batch {
         module: "upper",
         lines: "{\"name\": \"a\", \"input\": \"hello\"}\n{\"name\": \"b\", \"input\": \"\"}\n",
+        flags: &[],
+    },
+    Batch {
+        module: "echo",
+        lines: "{\"name\": \"binary\", \"input_base64\": \"/wABAv4=\"}\n{\"name\": \"text\", \"input\": \"h\\u00e9\\n\"}\n",
         flags: &[],
     },
     Batch {
@@ -69,15 +77,21 @@ const RUN_FIELDS: &[&str] = &[
     "total_us",
 ];
 
-/// The output directory as users read it: every output file's bytes, and `results.jsonl`'s
-/// records by input name without the fields of [`RUN_FIELDS`].
+/// Fields of an inline `results.jsonl` line that hold the task's output.
+const OUTPUT_FIELDS: &[&str] = &["stdout", "stdout_base64", "stderr", "stderr_base64"];
+
+/// The output directory as users read it: every output (`<name>.out` / `<name>.err` by file
+/// name, taken from the files or, for `inline`, from the lines — which then must be the only
+/// place they are), and `results.jsonl`'s records by input name without the fields of
+/// [`RUN_FIELDS`] and [`OUTPUT_FIELDS`].
 fn contents(
     out: &Path,
+    inline: bool,
 ) -> (
     BTreeMap<String, Vec<u8>>,
     BTreeMap<String, serde_json::Value>,
 ) {
-    let files = std::fs::read_dir(out)
+    let mut outputs: BTreeMap<String, Vec<u8>> = std::fs::read_dir(out)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|name| name.ends_with(".out") || name.ends_with(".err"))
@@ -86,17 +100,28 @@ fn contents(
             (name, bytes)
         })
         .collect();
+    if inline {
+        assert!(outputs.is_empty(), "files in an inline batch: {outputs:?}");
+    }
     let records = results(out)
         .into_iter()
         .map(|mut record| {
+            let name = record["name"].as_str().unwrap().to_owned();
+            if inline {
+                outputs.insert(format!("{name}.out"), inline_stream(&record, "stdout"));
+                let stderr = inline_stream(&record, "stderr");
+                if !stderr.is_empty() {
+                    outputs.insert(format!("{name}.err"), stderr);
+                }
+            }
             let object = record.as_object_mut().unwrap();
-            for field in RUN_FIELDS {
+            for field in RUN_FIELDS.iter().chain(OUTPUT_FIELDS) {
                 object.remove(*field);
             }
-            (object["name"].as_str().unwrap().to_owned(), record)
+            (name, record)
         })
         .collect();
-    (files, records)
+    (outputs, records)
 }
 
 /// `warren <args> --local` (the flags before a `--`) with the tests' modules and AOT cache and
@@ -119,7 +144,7 @@ fn local(args: &[&str]) -> Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_local_batch_writes_what_a_batch_through_the_broker_writes() {
+async fn a_local_batch_writes_what_a_batch_through_the_broker_writes_in_either_format() {
     let broker = TestBroker::new().await;
     let worker = WorkerProcess::start(&broker.topology, 2, &[]);
     let warren = WarrenCli::new(&broker.topology);
@@ -127,47 +152,59 @@ async fn a_local_batch_writes_what_a_batch_through_the_broker_writes() {
     for batch in BATCHES {
         let inputs = dir.path().join(format!("{}.jsonl", batch.module));
         std::fs::write(&inputs, batch.lines).unwrap();
-        let queued = dir.path().join(format!("{}-queued", batch.module));
-        let here = dir.path().join(format!("{}-local", batch.module));
-        let args = |out: &Path| -> Vec<String> {
-            let mut args: Vec<String> = ["batch", batch.module, "--inputs"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            args.push(inputs.to_str().unwrap().to_owned());
-            args.push("--out".into());
-            args.push(out.to_str().unwrap().to_owned());
-            args.extend(batch.flags.iter().map(|s| s.to_string()));
-            args
-        };
-        let queued_args = args(&queued);
-        let queued_args: Vec<&str> = queued_args.iter().map(String::as_str).collect();
-        let through_broker = tokio::task::block_in_place(|| warren.run(&queued_args));
-        let local_args = args(&here);
-        let local_args: Vec<&str> = local_args.iter().map(String::as_str).collect();
-        let in_process = tokio::task::block_in_place(|| local(&local_args));
-
-        let context = format!(
-            "{}: broker {:?}\nlocal {:?}",
-            batch.module,
-            text(&through_broker),
-            text(&in_process)
-        );
+        // Each way of running it: through the broker or not, files or inline.
+        let mut runs = Vec::new();
+        for (queued, inline) in [(true, false), (false, false), (true, true), (false, true)] {
+            let out = dir
+                .path()
+                .join(format!("{}-{queued}-{inline}", batch.module));
+            let mut args: Vec<&str> = vec!["batch", batch.module, "--inputs"];
+            args.push(inputs.to_str().unwrap());
+            args.push("--out");
+            args.push(out.to_str().unwrap());
+            args.extend(batch.flags);
+            if inline {
+                args.extend(["--output-format", "inline"]);
+            }
+            let output = tokio::task::block_in_place(|| {
+                if queued {
+                    warren.run(&args)
+                } else {
+                    local(&args)
+                }
+            });
+            if queued {
+                delete_queue(&results_queue(&out)).await;
+            }
+            let label = format!(
+                "{} {} {}",
+                batch.module,
+                if queued { "queued" } else { "local" },
+                if inline { "inline" } else { "files" }
+            );
+            runs.push((label, output, contents(&out, inline)));
+        }
+        let (first_label, first_output, (first_outputs, first_records)) = &runs[0];
         assert_eq!(
-            through_broker.status.code(),
-            in_process.status.code(),
-            "{context}"
-        );
-        let (queued_files, queued_records) = contents(&queued);
-        let (local_files, local_records) = contents(&here);
-        assert_eq!(queued_files, local_files, "{context}");
-        assert_eq!(queued_records, local_records, "{context}");
-        assert_eq!(
-            local_records.len(),
+            first_records.len(),
             batch.lines.lines().count(),
-            "{context}"
+            "{first_label}: {:?}",
+            text(first_output)
         );
-        delete_queue(&results_queue(&queued)).await;
+        for (label, output, (outputs, records)) in &runs[1..] {
+            let context = format!(
+                "{first_label} {:?}\nvs {label} {:?}",
+                text(first_output),
+                text(output)
+            );
+            assert_eq!(
+                first_output.status.code(),
+                output.status.code(),
+                "{context}"
+            );
+            assert_eq!(first_outputs, outputs, "{context}");
+            assert_eq!(first_records, records, "{context}");
+        }
     }
     drop(worker);
     broker.cleanup().await;

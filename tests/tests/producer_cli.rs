@@ -1,6 +1,6 @@
 //! The `warren` producer CLI against the real broker and a real `warren-worker`: batches with
 //! one correct output per input, interrupted batches resumed with `collect` (every result
-//! exactly once), a batch riding out force-closed broker connections, module-not-found
+//! exactly once, in either output format), a batch riding out force-closed broker connections, module-not-found
 //! outcomes, `submit --wait`, bad arguments refused before anything is sent, and dead letters
 //! listed and requeued.
 
@@ -95,8 +95,9 @@ async fn a_batch_of_components_yields_one_correct_output_each() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_killed_midway_is_finished_by_collect_with_every_result_once() {
+/// `warren batch upper` with `flags`, killed (SIGKILL) mid-way, then finished by `warren
+/// collect --publish-rest`: every result exactly once; collecting again changes nothing.
+async fn kill_midway_then_collect(flags: &[&str]) {
     let broker = TestBroker::new().await;
     let worker = WorkerProcess::start(&broker.topology, 2, &[]);
     let warren = WarrenCli::new(&broker.topology);
@@ -106,7 +107,7 @@ async fn batch_killed_midway_is_finished_by_collect_with_every_result_once() {
         inputs,
         out,
         mut child,
-    } = warren.start_paced_upper_batch(600, "400/s", 40);
+    } = warren.start_paced_upper_batch_with(600, "400/s", 40, flags);
     child.kill().unwrap(); // SIGKILL: no chance to tidy up
     child.wait().unwrap();
     let before = results(&out).len();
@@ -139,6 +140,18 @@ async fn batch_killed_midway_is_finished_by_collect_with_every_result_once() {
     delete_queue(&results_queue(&out)).await;
     drop(worker);
     broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_killed_midway_is_finished_by_collect_with_every_result_once() {
+    kill_midway_then_collect(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_batch_killed_midway_is_finished_by_collect_in_its_format() {
+    // `collect` takes the format from the manifest: no `.out` file appears, each output is in
+    // its line (`assert_each_result_once` checks both).
+    kill_midway_then_collect(&["--output-format", "inline"]).await;
 }
 
 /// A vhost of its own, so force-closing its connections touches only this test.

@@ -1,7 +1,8 @@
 //! The two loops of a batch run, side by side in one task: **publish** (journal a burst of tasks,
 //! publish it, journal the confirms; paced by `--rate`, bounded by `--max-outstanding`) and
-//! **collect** (write each burst of results received, then ack it) until every published task
-//! has its result on disk. Working in bursts makes one `write` and one wake-up serve many tasks.
+//! **collect** (write each burst of results received, then ack it with one message) until every
+//! published task has its result on disk. Working in bursts makes one `write`, one ack and one
+//! wake-up serve many tasks.
 //!
 //! Either loop failing, or the shutdown signal, stops both: publishing stops issuing new tasks
 //! but still waits for the confirms of those on the wire (so the journal knows about them), and
@@ -26,10 +27,16 @@ use super::{BatchOptions, BatchReport, Observer};
 use crate::error::{ProducerError, Result};
 use crate::producer::Producer;
 use crate::publisher::{Confirmed, Publisher};
-use crate::results::{ResultStream, RESULTS_PREFETCH};
+use crate::results::{Received, ResultStream, RESULTS_PREFETCH};
 
-/// Most tasks read, journaled and handed to the connection at once.
-const PUBLISH_BURST: usize = 64;
+/// Bursts of results smaller than this wait [`RESULTS_LINGER`] for more before being written
+/// and acked: when results trickle in one by one, a write, an ack and two thread wake-ups per
+/// result would cost more than the results themselves.
+const RESULTS_LINGER_BELOW: usize = 32;
+
+/// How long a small burst of results waits for more (the way a network card coalesces
+/// interrupts): a millisecond of delay on results that wait for the batch to end anyway.
+const RESULTS_LINGER: Duration = Duration::from_millis(1);
 
 /// One run over a batch: the shared context of the publish and collect loops.
 pub(super) struct Run<'a> {
@@ -134,7 +141,8 @@ impl Run<'_> {
         let mut publisher = Publisher::new(self.producer, options.max_outstanding).await?;
         let started = tokio::time::Instant::now();
         let reply_to = Some(self.manifest.results_queue.as_str());
-        let burst_max = PUBLISH_BURST.min(options.max_outstanding).max(1);
+        // Half the confirm window: one burst goes out while the previous one's confirms come.
+        let burst_max = (options.max_outstanding / 2).max(1);
         let mut pending = to_publish.into_iter();
         let mut published = 0usize;
         let mut outcome = Ok(());
@@ -241,11 +249,14 @@ impl Run<'_> {
             };
             burst.clear();
             burst.push(first);
-            while burst.len() < usize::from(RESULTS_PREFETCH) {
-                match stream.next_ready().await {
-                    Some(received) => burst.push(received?),
-                    None => break,
+            self.take_ready(stream, &mut burst).await?;
+            if burst.len() < RESULTS_LINGER_BELOW {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(RESULTS_LINGER) => {}
                 }
+                self.take_ready(stream, &mut burst).await?;
             }
             let mut ours = Vec::with_capacity(burst.len());
             for received in &burst {
@@ -268,6 +279,17 @@ impl Run<'_> {
             }
         }
         Ok(written)
+    }
+
+    /// Adds the results already received to `burst`, up to the prefetch window.
+    async fn take_ready(&self, stream: &mut ResultStream, burst: &mut Vec<Received>) -> Result<()> {
+        while burst.len() < usize::from(RESULTS_PREFETCH) {
+            match stream.next_ready().await {
+                Some(received) => burst.push(received?),
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     pub fn report(

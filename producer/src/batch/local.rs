@@ -70,15 +70,16 @@ impl LocalRunner {
     }
 
     /// Runs tasks `0..count` on the lanes, each built by `task(i)` on the lane that runs it (so
-    /// inputs are read as they run, not all held at once), handing each result to `on_result`
-    /// on the calling thread as it comes. Stops taking new tasks once `stop` is cancelled, or
-    /// after an error; returns whether `stop` was cancelled.
+    /// inputs are read as they run, not all held at once), handing the results to `on_results`
+    /// on the calling thread as they come — every result that is ready at once together, so
+    /// the caller can write them with one `write`. Stops taking new tasks once `stop` is
+    /// cancelled, or after an error; returns whether `stop` was cancelled.
     pub fn run_all(
         &self,
         count: usize,
         task: impl Fn(usize) -> Result<(u64, Task)> + Sync,
         stop: &CancellationToken,
-        mut on_result: impl FnMut(u64, TaskResult) -> Result<()>,
+        mut on_results: impl FnMut(&[(u64, TaskResult)]) -> Result<()>,
     ) -> Result<bool> {
         let lanes_stop = stop.child_token();
         let next = AtomicUsize::new(0);
@@ -106,13 +107,17 @@ impl LocalRunner {
             }
             drop(sender);
             let mut outcome = Ok(());
-            for ran in results {
-                if outcome.is_ok() {
-                    outcome = ran.and_then(|(index, result)| on_result(index, result));
-                    if outcome.is_err() {
-                        // Let the lanes finish what they hold, then stop them.
-                        lanes_stop.cancel();
-                    }
+            while let Ok(first) = results.recv() {
+                if outcome.is_err() {
+                    // Let the lanes finish what they hold.
+                    continue;
+                }
+                outcome = std::iter::once(first)
+                    .chain(results.try_iter())
+                    .collect::<Result<Vec<_>>>()
+                    .and_then(|burst| on_results(&burst));
+                if outcome.is_err() {
+                    lanes_stop.cancel();
                 }
             }
             outcome
@@ -156,14 +161,20 @@ pub fn run(
         let index = i as u64;
         Ok((index, build_task(&manifest, index, &inputs[i])?))
     };
-    let interrupted = runner.run_all(inputs.len(), task, shutdown, |index, result| {
-        observer.confirmed(1);
-        let name = &manifest
-            .task(index)
-            .ok_or_else(|| ProducerError::Internal(format!("task {index} is not in the batch")))?
-            .name;
-        let record = sink.write(&result, index, name)?;
-        observer.completed(record);
+    let interrupted = runner.run_all(inputs.len(), task, shutdown, |ready| {
+        observer.confirmed(ready.len() as u64);
+        let burst = ready
+            .iter()
+            .map(|(index, result)| {
+                let entry = manifest.task(*index).ok_or_else(|| {
+                    ProducerError::Internal(format!("task {index} is not in the batch"))
+                })?;
+                Ok((result, *index, entry.name.as_str()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for record in sink.write_all(burst)? {
+            observer.completed(record);
+        }
         Ok(())
     })?;
     let results = sink.records().len() as u64;

@@ -359,4 +359,59 @@ mod tests {
             ("nonzero_exit", 1)
         );
     }
+
+    #[test]
+    fn a_burst_is_written_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = Sink::open(dir.path(), OkExitCodes::default(), OutputFormat::Files).unwrap();
+        let (a, b) = (result(b"a"), result(b"b"));
+        // b's output cannot be written: a directory stands where its temporary file goes.
+        std::fs::create_dir(dir.path().join(".b.out.tmp")).unwrap();
+        assert!(sink.write_all([(&a, 0, "a"), (&b, 1, "b")]).is_err());
+        assert!(sink.records().is_empty());
+        assert!(!sink.is_done(&a.task_id));
+        std::fs::remove_dir(dir.path().join(".b.out.tmp")).unwrap();
+        let written = sink.write_all([(&a, 0, "a"), (&b, 1, "b")]).unwrap();
+        assert_eq!(written.len(), 2);
+        drop(sink);
+        let sink = Sink::open(dir.path(), OkExitCodes::default(), OutputFormat::Files).unwrap();
+        let names: Vec<_> = sink.records().iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn inline_outputs_are_in_the_lines_and_read_back() {
+        use super::super::output_format::InlineOutput;
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink =
+            Sink::open(dir.path(), OkExitCodes::default(), OutputFormat::Inline).unwrap();
+        let text = result(b"text\n");
+        let mut binary = result(&[0xff, 0x00]);
+        binary.stderr.clear();
+        sink.write_all([(&text, 0, "t"), (&binary, 1, "b")])
+            .unwrap();
+        drop(sink);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [RESULTS_FILE], "no file per task");
+        let log = std::fs::read_to_string(dir.path().join(RESULTS_FILE)).unwrap();
+        let lines: Vec<InlineOutput> = log
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines[0].stdout().unwrap(), b"text\n");
+        assert_eq!(lines[0].stderr().unwrap(), b"warn");
+        assert_eq!(lines[1].stdout().unwrap(), [0xff, 0x00]);
+        assert!(lines[1].stderr().unwrap().is_empty());
+        assert!(log
+            .lines()
+            .nth(1)
+            .unwrap()
+            .contains("\"stdout_base64\":\"/wA=\""));
+        let sink = Sink::open(dir.path(), OkExitCodes::default(), OutputFormat::Inline).unwrap();
+        assert_eq!(sink.records().len(), 2);
+        assert_eq!(sink.records()[1].stdout_bytes, 2);
+    }
 }
