@@ -15,8 +15,8 @@
 
 use std::path::Path;
 
-pub use warren_worker::oci::{ListedTag, ModuleLayer, OciArgs, OciClient, Pushed};
 use warren_worker::oci::parse_repository;
+pub use warren_worker::oci::{ListedTag, ModuleLayer, OciArgs, OciClient, Pushed};
 
 use crate::{ProducerError, Result};
 

@@ -70,10 +70,17 @@ impl PrivateRegistry {
         let socket: SocketAddr = registry.addr.parse().expect("an address");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !answers(socket) {
-            if let Some(status) = registry.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = registry
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("docker-registry exited before answering: {status}");
             }
-            assert!(Instant::now() < deadline, "docker-registry did not answer within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not answer within 20 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         registry

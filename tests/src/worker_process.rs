@@ -158,9 +158,9 @@ impl WorkerProcess {
             modules_dir(),
             &shared_aot_cache(),
         )
-            .args(args)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}"))
+        .args(args)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The process id.
@@ -275,8 +275,8 @@ fn test_command(
     if name == "warren-worker" {
         command.arg("run");
     }
-    let mut worker = WorkerCommand::new(command, url, topology, modules, cache)
-        .expect("a free local port");
+    let mut worker =
+        WorkerCommand::new(command, url, topology, modules, cache).expect("a free local port");
     worker
         .args(["--max-concurrent-tasks", &concurrency.to_string()])
         .env("WARREN_LOG", "warn");

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use warren_schemas::{ModuleRef, Outcome, Task, TaskResult};
 use warren_tests::broker::TestBroker;
-use warren_tests::oci_registry::{manifest_json, shared_registry, unique_namespace, PrivateRegistry};
+use warren_tests::oci_registry::{
+    manifest_json, shared_registry, unique_namespace, PrivateRegistry,
+};
 use warren_tests::worker_process::WorkerProcess;
 use warren_tests::{binary, module_path};
 
@@ -47,7 +49,11 @@ fn push(file: &Path, registry: &str, reference: &str) -> String {
     ]);
     let printed = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     let expected = hex::encode(Sha256::digest(std::fs::read(file).unwrap()));
-    assert_eq!(printed, format!("sha256:{expected}"), "push prints the module digest");
+    assert_eq!(
+        printed,
+        format!("sha256:{expected}"),
+        "push prints the module digest"
+    );
     expected
 }
 
@@ -88,7 +94,10 @@ fn assert_ran(result: &TaskResult, digest: &str, stdout: &[u8]) {
         "stderr: {}",
         String::from_utf8_lossy(&result.stderr)
     );
-    assert_eq!(result.module.as_ref().map(|m| m.digest.as_str()), Some(digest));
+    assert_eq!(
+        result.module.as_ref().map(|m| m.digest.as_str()),
+        Some(digest)
+    );
     assert_eq!(result.stdout, stdout);
 }
 
@@ -136,8 +145,14 @@ async fn a_pushed_module_is_listed_and_runs_by_name_and_by_digest_from_an_empty_
     // The standard Wasm OCI artifact layout, readable by any tool.
     let repository = reference.split_once('/').unwrap().1;
     let manifest = manifest_json(&registry, repository, "latest");
-    assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json");
-    assert_eq!(manifest["config"]["mediaType"], "application/vnd.wasm.config.v0+json");
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.wasm.config.v0+json"
+    );
     assert_eq!(manifest["layers"].as_array().map(Vec::len), Some(1));
     assert_eq!(manifest["layers"][0]["mediaType"], "application/wasm");
     assert_eq!(manifest["layers"][0]["digest"], format!("sha256:{digest}"));
@@ -153,15 +168,35 @@ async fn a_pushed_module_is_listed_and_runs_by_name_and_by_digest_from_an_empty_
 
     let broker = TestBroker::new().await;
     let (modules, cache) = (scratch(), scratch());
-    let worker = worker(&broker, modules.path(), cache.path(), &registry, &namespace, &[]);
-    assert_ran(&run(&broker, task("upper", b"by name")).await, &digest, b"BY NAME");
+    let worker = worker(
+        &broker,
+        modules.path(),
+        cache.path(),
+        &registry,
+        &namespace,
+        &[],
+    );
+    assert_ran(
+        &run(&broker, task("upper", b"by name")).await,
+        &digest,
+        b"BY NAME",
+    );
     let pinned = format!("upper@{}", &digest[..12]);
-    assert_ran(&run(&broker, task(&pinned, b"pinned")).await, &digest, b"PINNED");
+    assert_ran(
+        &run(&broker, task(&pinned, b"pinned")).await,
+        &digest,
+        b"PINNED",
+    );
     let full = format!("upper@{digest}");
     assert_ran(&run(&broker, task(&full, b"full")).await, &digest, b"FULL");
     assert_eq!(pulls(&worker, "pulled"), 1.0, "one pull for three tasks");
     assert!(
-        cache.path().join("pulled").join(&digest).join("upper.wasm").is_file(),
+        cache
+            .path()
+            .join("pulled")
+            .join(&digest)
+            .join("upper.wasm")
+            .is_file(),
         "the pulled module is kept beside the AOT cache"
     );
     broker.cleanup().await;
@@ -220,17 +255,39 @@ async fn a_moved_tag_is_picked_up_after_the_tag_ttl_and_not_before() {
 async fn two_workers_with_a_cold_cache_pull_once_each_for_200_tasks() {
     let registry = shared_registry();
     let namespace = unique_namespace(&registry);
-    let digest = push(&module_path("upper"), &registry, &format!("{namespace}/upper"));
+    let digest = push(
+        &module_path("upper"),
+        &registry,
+        &format!("{namespace}/upper"),
+    );
 
     let broker = TestBroker::new().await;
     let (modules, cache_a, cache_b) = (scratch(), scratch(), scratch());
     // A small prefetch, so both workers get tasks while the first pull is under way.
     let prefetch = ["--prefetch", "8"];
-    let a = worker(&broker, modules.path(), cache_a.path(), &registry, &namespace, &prefetch);
-    let b = worker(&broker, modules.path(), cache_b.path(), &registry, &namespace, &prefetch);
+    let a = worker(
+        &broker,
+        modules.path(),
+        cache_a.path(),
+        &registry,
+        &namespace,
+        &prefetch,
+    );
+    let b = worker(
+        &broker,
+        modules.path(),
+        cache_b.path(),
+        &registry,
+        &namespace,
+        &prefetch,
+    );
     let tasks: Vec<Task> = (0..200)
         .map(|i| {
-            let module = if i % 2 == 0 { "upper".to_owned() } else { format!("upper@{digest}") };
+            let module = if i % 2 == 0 {
+                "upper".to_owned()
+            } else {
+                format!("upper@{digest}")
+            };
             task(&module, format!("t{i}").as_bytes())
         })
         .collect();
@@ -254,11 +311,12 @@ async fn a_missing_repository_is_module_not_found_with_the_reason_and_the_direct
     let registry = shared_registry();
     let namespace = unique_namespace(&registry);
     let broker = TestBroker::new().await;
-    let cache = scratch();
-    // The built modules directory beside the registry.
+    let (modules, cache) = (scratch(), scratch());
+    // A modules directory with `upper`, beside the registry.
+    std::fs::copy(module_path("upper"), modules.path().join("upper.wasm")).unwrap();
     let worker = worker(
         &broker,
-        warren_tests::modules_dir(),
+        modules.path(),
         cache.path(),
         &registry,
         &namespace,
@@ -267,10 +325,22 @@ async fn a_missing_repository_is_module_not_found_with_the_reason_and_the_direct
     let result = run(&broker, task("not-pushed", b"")).await;
     assert_not_found(&result, "not found in the registry");
     let local = hex::encode(Sha256::digest(std::fs::read(module_path("upper")).unwrap()));
-    assert_ran(&run(&broker, task("upper", b"local")).await, &local, b"LOCAL");
+    assert_ran(
+        &run(&broker, task("upper", b"local")).await,
+        &local,
+        b"LOCAL",
+    );
     assert_eq!(pulls(&worker, "not_found"), 1.0);
-    assert_eq!(broker.depth(&broker.topology.dead).await, 0, "nothing dead-lettered");
-    assert_eq!(broker.depth(&broker.topology.tasks).await, 0, "nothing requeued");
+    assert_eq!(
+        broker.depth(&broker.topology.dead).await,
+        0,
+        "nothing dead-lettered"
+    );
+    assert_eq!(
+        broker.depth(&broker.topology.tasks).await,
+        0,
+        "nothing requeued"
+    );
     broker.cleanup().await;
 }
 
@@ -278,7 +348,11 @@ async fn a_missing_repository_is_module_not_found_with_the_reason_and_the_direct
 async fn a_module_over_the_size_cap_is_refused_and_one_under_it_runs() {
     let registry = shared_registry();
     let namespace = unique_namespace(&registry);
-    let digest = push(&module_path("upper"), &registry, &format!("{namespace}/upper"));
+    let digest = push(
+        &module_path("upper"),
+        &registry,
+        &format!("{namespace}/upper"),
+    );
     let size = std::fs::metadata(module_path("upper")).unwrap().len();
     let broker = TestBroker::new().await;
     let (modules, cache) = (scratch(), scratch());
@@ -291,9 +365,15 @@ async fn a_module_over_the_size_cap_is_refused_and_one_under_it_runs() {
         &namespace,
         &["--registry-max-module-size", &small_cap],
     );
-    assert_not_found(&run(&broker, task("upper", b"")).await, "larger than the limit");
+    assert_not_found(
+        &run(&broker, task("upper", b"")).await,
+        "larger than the limit",
+    );
     let pinned = format!("upper@{digest}");
-    assert_not_found(&run(&broker, task(&pinned, b"")).await, "larger than the limit");
+    assert_not_found(
+        &run(&broker, task(&pinned, b"")).await,
+        "larger than the limit",
+    );
     assert_eq!(pulls(&capped, "too_large"), 2.0);
     drop(capped);
 
@@ -306,7 +386,11 @@ async fn a_module_over_the_size_cap_is_refused_and_one_under_it_runs() {
         &namespace,
         &["--registry-max-module-size", &exact_cap],
     );
-    assert_ran(&run(&broker, task(&pinned, b"fits")).await, &digest, b"FITS");
+    assert_ran(
+        &run(&broker, task(&pinned, b"fits")).await,
+        &digest,
+        b"FITS",
+    );
     broker.cleanup().await;
 }
 
@@ -314,7 +398,11 @@ async fn a_module_over_the_size_cap_is_refused_and_one_under_it_runs() {
 async fn a_tampered_blob_is_refused_as_a_digest_mismatch() {
     let registry = PrivateRegistry::start();
     let namespace = format!("{}/warren", registry.addr);
-    let digest = push(&module_path("upper"), &registry.addr, &format!("{namespace}/upper"));
+    let digest = push(
+        &module_path("upper"),
+        &registry.addr,
+        &format!("{namespace}/upper"),
+    );
     let blob = registry.blob_file(&digest);
     let mut bytes = std::fs::read(&blob).expect("the blob is stored where distribution keeps it");
     let last = bytes.len() - 1;
@@ -323,11 +411,23 @@ async fn a_tampered_blob_is_refused_as_a_digest_mismatch() {
 
     let broker = TestBroker::new().await;
     let (modules, cache) = (scratch(), scratch());
-    let worker = worker(&broker, modules.path(), cache.path(), &registry.addr, &namespace, &[]);
+    let worker = worker(
+        &broker,
+        modules.path(),
+        cache.path(),
+        &registry.addr,
+        &namespace,
+        &[],
+    );
     assert_not_found(&run(&broker, task("upper", b"")).await, "digest mismatch");
     assert_eq!(pulls(&worker, "digest_mismatch"), 1.0);
     assert!(
-        !cache.path().join("pulled").join(&digest).join("upper.wasm").exists(),
+        !cache
+            .path()
+            .join("pulled")
+            .join(&digest)
+            .join("upper.wasm")
+            .exists(),
         "nothing tampered is kept"
     );
     broker.cleanup().await;
@@ -337,7 +437,11 @@ async fn a_tampered_blob_is_refused_as_a_digest_mismatch() {
 async fn a_registry_that_is_down_fails_new_modules_and_pulled_ones_keep_serving() {
     let mut registry = PrivateRegistry::start();
     let namespace = format!("{}/warren", registry.addr);
-    let digest = push(&module_path("upper"), &registry.addr, &format!("{namespace}/upper"));
+    let digest = push(
+        &module_path("upper"),
+        &registry.addr,
+        &format!("{namespace}/upper"),
+    );
     let broker = TestBroker::new().await;
     let (modules, cache) = (scratch(), scratch());
     // A zero TTL: every task by name asks the registry again.
@@ -352,10 +456,24 @@ async fn a_registry_that_is_down_fails_new_modules_and_pulled_ones_keep_serving(
     assert_ran(&run(&broker, task("upper", b"up")).await, &digest, b"UP");
 
     registry.stop();
-    assert_ran(&run(&broker, task("upper", b"down")).await, &digest, b"DOWN");
-    assert_not_found(&run(&broker, task("echo", b"")).await, "registry request failed");
-    assert!(pulls(&worker, "registry_error") >= 2.0, "the failed checks are counted");
-    assert_eq!(broker.depth(&broker.topology.dead).await, 0, "nothing dead-lettered");
+    assert_ran(
+        &run(&broker, task("upper", b"down")).await,
+        &digest,
+        b"DOWN",
+    );
+    assert_not_found(
+        &run(&broker, task("echo", b"")).await,
+        "registry request failed",
+    );
+    assert!(
+        pulls(&worker, "registry_error") >= 2.0,
+        "the failed checks are counted"
+    );
+    assert_eq!(
+        broker.depth(&broker.topology.dead).await,
+        0,
+        "nothing dead-lettered"
+    );
     broker.cleanup().await;
 }
 
@@ -377,20 +495,46 @@ fn compiled_files(cache: &Path) -> HashMap<PathBuf, u64> {
 async fn a_restarted_worker_compiles_nothing_and_needs_no_registry_for_a_pulled_module() {
     let mut registry = PrivateRegistry::start();
     let namespace = format!("{}/warren", registry.addr);
-    let digest = push(&module_path("upper"), &registry.addr, &format!("{namespace}/upper"));
+    let digest = push(
+        &module_path("upper"),
+        &registry.addr,
+        &format!("{namespace}/upper"),
+    );
     let broker = TestBroker::new().await;
     let (modules, cache) = (scratch(), scratch());
     let pinned = format!("upper@{}", &digest[..12]);
-    let mut first = worker(&broker, modules.path(), cache.path(), &registry.addr, &namespace, &[]);
-    assert_ran(&run(&broker, task(&pinned, b"first")).await, &digest, b"FIRST");
+    let mut first = worker(
+        &broker,
+        modules.path(),
+        cache.path(),
+        &registry.addr,
+        &namespace,
+        &[],
+    );
+    assert_ran(
+        &run(&broker, task(&pinned, b"first")).await,
+        &digest,
+        b"FIRST",
+    );
     assert_eq!(pulls(&first, "pulled"), 1.0);
     assert!(first.stop().unwrap().success());
     let compiled = compiled_files(cache.path());
     assert_eq!(compiled.len(), 1, "one compiled module: {compiled:?}");
 
     registry.stop();
-    let second = worker(&broker, modules.path(), cache.path(), &registry.addr, &namespace, &[]);
-    assert_ran(&run(&broker, task(&pinned, b"again")).await, &digest, b"AGAIN");
+    let second = worker(
+        &broker,
+        modules.path(),
+        cache.path(),
+        &registry.addr,
+        &namespace,
+        &[],
+    );
+    assert_ran(
+        &run(&broker, task(&pinned, b"again")).await,
+        &digest,
+        b"AGAIN",
+    );
     assert_eq!(pulls(&second, "from_disk"), 1.0);
     assert_eq!(pulls(&second, "pulled"), 0.0);
     assert_eq!(

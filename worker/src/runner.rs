@@ -227,7 +227,9 @@ impl TaskRunner {
             ))),
             Err(_) => {
                 error!(module = %wanted, "module pull panicked; task reported as module not found");
-                Err(Some("internal error in the worker while pulling the module".into()))
+                Err(Some(
+                    "internal error in the worker while pulling the module".into(),
+                ))
             }
         }
     }

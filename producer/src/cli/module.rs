@@ -81,7 +81,11 @@ async fn push(args: PushArgs) -> anyhow::Result<i32> {
 async fn ls(args: LsArgs) -> anyhow::Result<i32> {
     let tags = crate::module::list(&args.repository, &args.oci).await?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<20} {:<71} {:>10}  MANIFEST", "TAG", "MODULE DIGEST", "SIZE")?;
+    writeln!(
+        out,
+        "{:<20} {:<71} {:>10}  MANIFEST",
+        "TAG", "MODULE DIGEST", "SIZE"
+    )?;
     for tag in &tags {
         match &tag.module {
             Ok(layer) => writeln!(

@@ -175,7 +175,10 @@ mod tests {
         assert_eq!(json["os"], "wasip1");
         assert!(json.get("component").is_none());
         assert_eq!(json["layerDigests"][0], layer.sha256_digest());
-        assert_eq!(manifest.media_type.as_deref(), Some(WASM_MANIFEST_MEDIA_TYPE));
+        assert_eq!(
+            manifest.media_type.as_deref(),
+            Some(WASM_MANIFEST_MEDIA_TYPE)
+        );
         let found = module_layer("r", &manifest).unwrap();
         assert_eq!(found.size, bytes.len() as u64);
         assert_eq!(

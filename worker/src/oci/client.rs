@@ -147,7 +147,10 @@ impl OciClient {
             .pull_image_manifest(reference, &auth)
             .await
             .map_err(|e| OciError::from_client(reference, e))?;
-        Ok((artifact::module_layer(&reference.to_string(), &manifest)?, digest))
+        Ok((
+            artifact::module_layer(&reference.to_string(), &manifest)?,
+            digest,
+        ))
     }
 
     /// The bytes of the module blob `blob` (a reference with a sha256 digest), refused past

@@ -88,7 +88,8 @@ impl FromStr for Namespace {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let text = text.trim_end_matches('/');
         let (registry, path) = text.split_once('/').unwrap_or((text, ""));
-        let looks_like_host = registry.contains('.') || registry.contains(':') || registry == "localhost";
+        let looks_like_host =
+            registry.contains('.') || registry.contains(':') || registry == "localhost";
         if registry.is_empty() || !looks_like_host {
             return Err(format!(
                 "{text:?}: expected REGISTRY/NAMESPACE with a registry host first (e.g. ghcr.io/acme, 127.0.0.1:5000/warren)"

@@ -64,8 +64,9 @@ mod tests {
         let runs = AtomicUsize::new(0);
         let (started_tx, started_rx) = mpsc::channel();
         let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (flights, runs) = (&flights, &runs);
         std::thread::scope(|scope| {
-            let leader = scope.spawn(|| {
+            let leader = scope.spawn(move || {
                 flights.run("k", || {
                     runs.fetch_add(1, Ordering::SeqCst);
                     started_tx.send(()).unwrap();
@@ -74,7 +75,7 @@ mod tests {
                 })
             });
             started_rx.recv().unwrap();
-            let follower = scope.spawn(|| {
+            let follower = scope.spawn(move || {
                 flights.run("k", || {
                     runs.fetch_add(1, Ordering::SeqCst);
                     8

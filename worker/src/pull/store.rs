@@ -57,7 +57,10 @@ impl PulledStore {
     pub fn save(&self, name: &str, digest: &str, bytes: &[u8]) -> io::Result<PathBuf> {
         let path = self.path(name, digest);
         let parent = path.parent().unwrap_or(&self.dir);
-        DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
         let temp = parent.join(format!(".{name}.wasm.{}.tmp", std::process::id()));
         let mut file = fs::File::create(&temp)?;
         file.write_all(bytes)?;
@@ -87,7 +90,10 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"bytes");
         assert_eq!(store.existing("wc", &digest), Some(path));
         assert_eq!(store.existing("other", &digest), None);
-        assert_eq!(store.digests_with_prefix("wc", "abab"), vec![digest.clone()]);
+        assert_eq!(
+            store.digests_with_prefix("wc", "abab"),
+            vec![digest.clone()]
+        );
         assert!(store.digests_with_prefix("wc", "cd").is_empty());
         store.discard("wc", &digest);
         assert_eq!(store.existing("wc", &digest), None);
