@@ -357,7 +357,7 @@ async fn a_module_over_the_size_cap_is_refused_and_one_under_it_runs() {
     let broker = TestBroker::new().await;
     let (modules, cache) = (scratch(), scratch());
     let small_cap = (size - 1).to_string();
-    let capped = worker(
+    let mut capped = worker(
         &broker,
         modules.path(),
         cache.path(),
@@ -375,7 +375,8 @@ async fn a_module_over_the_size_cap_is_refused_and_one_under_it_runs() {
         "larger than the limit",
     );
     assert_eq!(pulls(&capped, "too_large"), 2.0);
-    drop(capped);
+    // Stopped, not killed: its acks go out before the next worker takes the queue.
+    assert!(capped.stop().unwrap().success());
 
     let exact_cap = size.to_string();
     let _fits = worker(

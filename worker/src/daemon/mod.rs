@@ -99,19 +99,20 @@ pub async fn run_with(
     let _watcher = watch_modules(registry.clone(), modules_dir)
         .with_context(|| format!("cannot watch {}", modules_dir.display()))?;
     info!(modules = registry.len(), dir = %modules_dir.display(), "modules loaded");
+
     let puller = ModulePuller::new(
         &args.registry,
         registry.clone(),
         tokio::runtime::Handle::current(),
     )?
     .map(Arc::new);
-
     let consuming = Arc::new(AtomicBool::new(false));
     let http_stop = CancellationToken::new();
     let http_state = HttpState {
         metrics: metrics::install()?,
         registry: registry.clone(),
         consuming: consuming.clone(),
+        pulls_modules: puller.is_some(),
     };
     let bound = http::serve(args.metrics_addr, http_state, http_stop.clone())
         .await
