@@ -26,7 +26,7 @@ impl<V: Clone> Flights<V> {
         let flight = self
             .lock()
             .entry(key.to_owned())
-            .or_insert_with(Default::default)
+            .or_default()
             .clone();
         let mut led = false;
         let value = flight
