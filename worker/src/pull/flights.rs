@@ -23,11 +23,7 @@ impl<V: Clone> Flights<V> {
     /// and returns its value. The calling thread blocks while it waits. Once a run ends, the
     /// next call for `key` runs the work again (results are not cached here).
     pub fn run(&self, key: &str, work: impl FnOnce() -> V) -> V {
-        let flight = self
-            .lock()
-            .entry(key.to_owned())
-            .or_default()
-            .clone();
+        let flight = self.lock().entry(key.to_owned()).or_default().clone();
         let mut led = false;
         let value = flight
             .get_or_init(|| {
