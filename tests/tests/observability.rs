@@ -166,7 +166,6 @@ fn dashboard_has_a_fixed_uid_and_a_panel_for_every_worker_metric() {
         metrics::RESULTS_UNROUTABLE_TOTAL,
         metrics::RESULTS_REFUSED_TOTAL,
         metrics::MODULE_PULLS_TOTAL,
-        metrics::MODULE_PULL_SECONDS,
     ] {
         assert!(
             exprs.iter().any(|e| e.contains(metric)),
