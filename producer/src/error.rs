@@ -60,6 +60,9 @@ pub enum ProducerError {
     /// The batch's inputs are unusable (detected before anything is published).
     #[error(transparent)]
     Input(#[from] crate::batch::inputs::InputError),
+    /// An OCI registry refused or failed an operation (`warren module push` / `ls`).
+    #[error(transparent)]
+    Registry(#[from] warren_worker::oci::OciError),
 }
 
 impl ProducerError {

@@ -22,6 +22,7 @@
 //! - [`results`]: [`ResultStream`] — results from a queue, deduplicated, acked after persisting.
 //! - [`batch`]: batches with an output directory, resumable collection.
 //! - [`status`], [`dead`]: queue depths; dead letters listed and requeued.
+//! - [`module`]: modules in an OCI registry — push a `.wasm`, list a repository's tags.
 //! - [`error`]: the error type, [`ProducerError`].
 //! - [`cli`]: the `warren` command line (argument parsing, progress bars, output).
 #![deny(missing_docs)]
@@ -30,6 +31,7 @@ pub mod batch;
 pub mod cli;
 pub mod dead;
 pub mod error;
+pub mod module;
 pub mod producer;
 pub mod publisher;
 pub mod results;

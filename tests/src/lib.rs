@@ -9,6 +9,7 @@
 //! - [`worker_process`]: a worker process on given queues: start, wait until ready, signal, read.
 //! - [`probe`]: GET `/readyz` and `/metrics` of a worker started that way.
 //! - [`broker`]: a test's own queues on the real RabbitMQ, publishing and collecting.
+//! - [`oci_registry`]: the shared OCI registry, and private ones a test stops or tampers with.
 //! - [`producer_cli`]: the `warren` CLI run as a user runs it.
 //! - [`observability`]: Prometheus and the dashboard against a real worker.
 //! - [`swap`]: a swapfile for the isolation-under-swap tests.
@@ -16,6 +17,7 @@
 
 pub mod broker;
 pub mod observability;
+pub mod oci_registry;
 pub mod probe;
 pub mod producer_cli;
 pub mod swap;

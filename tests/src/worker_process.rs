@@ -114,10 +114,29 @@ impl WorkerProcess {
         modules: &Path,
         args: &[&str],
     ) -> Self {
-        let mut worker = test_command("warren-worker", &amqp_url(), topology, concurrency, modules)
-            .args(args)
-            .spawn()
-            .expect("the worker starts");
+        Self::start_with_cache(topology, concurrency, modules, &shared_aot_cache(), args)
+    }
+
+    /// Like [`WorkerProcess::start_with_modules`], with the AOT cache (and so the pulled
+    /// modules) in `cache`, a test's own.
+    pub fn start_with_cache(
+        topology: &Topology,
+        concurrency: usize,
+        modules: &Path,
+        cache: &Path,
+        args: &[&str],
+    ) -> Self {
+        let mut worker = test_command(
+            "warren-worker",
+            &amqp_url(),
+            topology,
+            concurrency,
+            modules,
+            cache,
+        )
+        .args(args)
+        .spawn()
+        .expect("the worker starts");
         worker.wait_ready(Duration::from_secs(60));
         worker
     }
@@ -131,10 +150,17 @@ impl WorkerProcess {
         concurrency: usize,
         args: &[&str],
     ) -> Self {
-        test_command(name, url, topology, concurrency, modules_dir())
-            .args(args)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}"))
+        test_command(
+            name,
+            url,
+            topology,
+            concurrency,
+            modules_dir(),
+            &shared_aot_cache(),
+        )
+        .args(args)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The process id.
@@ -228,20 +254,21 @@ impl Drop for WorkerProcess {
 const CLOCK_TICKS_PER_S: f64 = 100.0;
 
 /// The tests' worker: binary `name` of the test build (with `run` for `warren-worker`),
-/// `concurrency` lanes, the shared AOT cache, warnings only.
+/// `concurrency` lanes, the AOT cache `cache`, warnings only.
 fn test_command(
     name: &str,
     url: &str,
     topology: &Topology,
     concurrency: usize,
     modules: &Path,
+    cache: &Path,
 ) -> WorkerCommand {
     let mut command = Command::new(binary(name));
     if name == "warren-worker" {
         command.arg("run");
     }
-    let mut worker = WorkerCommand::new(command, url, topology, modules, &shared_aot_cache())
-        .expect("a free local port");
+    let mut worker =
+        WorkerCommand::new(command, url, topology, modules, cache).expect("a free local port");
     worker
         .args(["--max-concurrent-tasks", &concurrency.to_string()])
         .env("WARREN_LOG", "warn");

@@ -165,6 +165,7 @@ fn dashboard_has_a_fixed_uid_and_a_panel_for_every_worker_metric() {
         metrics::SANDBOX_SWAP_SCRUBBED_PAGES_TOTAL,
         metrics::RESULTS_UNROUTABLE_TOTAL,
         metrics::RESULTS_REFUSED_TOTAL,
+        metrics::MODULE_PULLS_TOTAL,
     ] {
         assert!(
             exprs.iter().any(|e| e.contains(metric)),

@@ -1,5 +1,5 @@
 //! The metrics port: `/metrics` (Prometheus text), `/healthz` (process alive) and `/readyz`
-//! (connected, consuming, modules loaded).
+//! (connected, consuming, modules loaded or a registry to pull them from).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +25,9 @@ pub struct HttpState {
     pub registry: Arc<ModuleRegistry>,
     /// True while the worker is connected and consuming.
     pub consuming: Arc<AtomicBool>,
+    /// True when modules the directory lacks are pulled from a registry (`--registry`): then
+    /// an empty modules directory is no reason to be unready.
+    pub pulls_modules: bool,
 }
 
 /// Binds `addr` and serves until `stop` is cancelled; returns the bound address (useful with
@@ -59,7 +62,8 @@ async fn metrics(State(state): State<HttpState>) -> String {
 
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     let consuming = state.consuming.load(Ordering::Relaxed);
-    match (consuming, state.registry.is_empty()) {
+    let no_modules = state.registry.is_empty() && !state.pulls_modules;
+    match (consuming, no_modules) {
         (true, false) => (StatusCode::OK, "ready\n"),
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not consuming\n"),
         (true, true) => (StatusCode::SERVICE_UNAVAILABLE, "no modules loaded\n"),

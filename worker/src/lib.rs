@@ -11,6 +11,8 @@
 //! - [`runner`]: `Task` → `TaskResult` through the registry, on the calling thread.
 //! - [`daemon`]: `warren-worker run`, the queue worker (consume, run, publish confirmed, ack).
 //! - [`metrics`], [`http`]: Prometheus metrics and the health endpoints.
+//! - [`oci`]: modules in an OCI registry: push, list, resolve a tag, pull by digest.
+//! - [`pull`]: modules the directory lacks, pulled from `--registry` on a task's miss.
 //! - [`exec`]: `warren-worker exec`, the local, broker-less way to run one task.
 //! - [`process`]: the daemon's tokio runtime and stop signal, for every binary that runs it.
 //!
@@ -24,7 +26,9 @@ pub mod engine;
 pub mod exec;
 pub mod http;
 pub mod metrics;
+pub mod oci;
 pub mod process;
+pub mod pull;
 pub mod registry;
 pub mod runner;
 pub mod sandbox;

@@ -15,20 +15,21 @@ struct Cli {
     command: Command,
 }
 
+/// Boxed: both sets of flags are large, and only one is ever parsed.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Consume tasks from RabbitMQ, run them, publish results (the daemon).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run one task locally, without a broker, exactly as the daemon would.
-    Exec(ExecArgs),
+    Exec(Box<ExecArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     process::init_logging();
     let result = match cli.command {
-        Command::Run(args) => run_daemon(args),
-        Command::Exec(args) => run_exec(args),
+        Command::Run(args) => run_daemon(*args),
+        Command::Exec(args) => run_exec(*args),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -57,6 +57,12 @@ pub const RESULTS_UNROUTABLE_TOTAL: &str = "warren_results_unroutable_total";
 /// (over `--max-result`) or `nacked` (the broker refused it).
 pub const RESULTS_REFUSED_TOTAL: &str = "warren_results_refused_total";
 
+/// Counter of module fetches and tag checks for `--registry`, by outcome: `pulled`,
+/// `from_disk` (a module pulled before, loaded from `<cache>/pulled`), or why it failed.
+pub const MODULE_PULLS_TOTAL: &str = "warren_module_pulls_total";
+/// Histogram of the time a module fetch took (download, store, compile), seconds.
+pub const MODULE_PULL_SECONDS: &str = "warren_module_pull_seconds";
+
 /// Info gauge: 1 for the way freed pool slots are reset now (`method` label), 0 for the others.
 pub const SANDBOX_RESET_INFO: &str = "warren_sandbox_reset_info";
 /// Counter of pages found in swap after wasmtime's slot reset and discarded.
@@ -170,6 +176,18 @@ fn describe() {
         RESULTS_REFUSED_TOTAL,
         "Results replaced by a small result_refused result, by reason (too_large, nacked)."
     );
+    describe_counter!(
+        MODULE_PULLS_TOTAL,
+        "Module fetches and tag checks for --registry, by outcome (pulled, from_disk, or why they failed)."
+    );
+    describe_histogram!(
+        MODULE_PULL_SECONDS,
+        Unit::Seconds,
+        "Time a module fetch took: download, store and compile (or load from the AOT cache)."
+    );
+    for outcome in module_pull_outcomes() {
+        counter!(MODULE_PULLS_TOTAL, "outcome" => outcome).absolute(0);
+    }
     counter!(RESULTS_UNROUTABLE_TOTAL).absolute(0);
     for reason in RESULT_REFUSED_REASONS {
         counter!(RESULTS_REFUSED_TOTAL, "reason" => reason).absolute(0);
@@ -258,6 +276,22 @@ pub fn record_result_unroutable() {
 /// Records a result replaced because of `reason` (one of [`RESULT_REFUSED_REASONS`]).
 pub fn record_result_refused(reason: &'static str) {
     counter!(RESULTS_REFUSED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Every `outcome` label of [`MODULE_PULLS_TOTAL`].
+pub fn module_pull_outcomes() -> impl Iterator<Item = &'static str> {
+    ["pulled", "from_disk"]
+        .into_iter()
+        .chain(crate::oci::OciError::LABELS)
+        .chain(crate::pull::PullError::LABELS)
+}
+
+/// Records a module fetch or tag check that ended with `outcome` after `elapsed`.
+pub fn record_module_pull(outcome: &'static str, elapsed: Duration) {
+    counter!(MODULE_PULLS_TOTAL, "outcome" => outcome).increment(1);
+    if matches!(outcome, "pulled" | "from_disk") {
+        histogram!(MODULE_PULL_SECONDS).record(elapsed.as_secs_f64());
+    }
 }
 
 /// Records a reconnection.

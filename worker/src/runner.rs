@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use tracing::error;
 use warren_schemas::task::unix_now_ns;
-use warren_schemas::{BatchRef, Outcome, Task, TaskId, TaskResult, Timings};
+use warren_schemas::{BatchRef, ModuleRef, Outcome, Task, TaskId, TaskResult, Timings};
 
+use crate::pull::ModulePuller;
 use crate::registry::{LoadedModule, ModuleRegistry};
 use crate::sandbox::{Execution, GuestCall, Sandbox};
 
@@ -22,6 +23,8 @@ pub struct TaskRunner {
     /// Copied into every result.
     worker_id: String,
     shards: FreeShards,
+    /// Where modules the registry lacks come from (`--registry`), if anywhere.
+    puller: Option<Arc<ModulePuller>>,
 }
 
 /// The sandbox's shards free for callers of [`TaskRunner::run_here`] (a shard runs one task at
@@ -127,7 +130,14 @@ impl TaskRunner {
             registry,
             worker_id: worker_id.into(),
             shards,
+            puller: None,
         }
+    }
+
+    /// This runner, pulling the modules its registry lacks with `puller`.
+    pub fn with_puller(mut self, puller: Option<Arc<ModulePuller>>) -> Self {
+        self.puller = puller;
+        self
     }
 
     /// The name this runner reports in results (`--worker-id`).
@@ -184,13 +194,13 @@ impl TaskRunner {
         }
         let module = match self.registry.resolve(&task.module) {
             Ok(module) => module,
-            Err(error) => {
-                let outcome = Outcome::ModuleNotFound {
-                    module: task.module.to_string(),
-                };
-                tracing::debug!(task_id = %task.id, %error, "module lookup failed");
-                return (header, refuse(outcome));
-            }
+            Err(error) => match self.pull(&task.module) {
+                Ok(module) => module,
+                Err(reason) => {
+                    tracing::debug!(task_id = %task.id, %error, reason = reason.as_deref().unwrap_or("-"), "module lookup failed");
+                    return (header, Prepared::Done(not_found(&task.module, reason)));
+                }
+            },
         };
         let call = GuestCall {
             program: module.name.clone(),
@@ -201,6 +211,40 @@ impl TaskRunner {
         };
         (header, Prepared::Run(module, call))
     }
+}
+
+impl TaskRunner {
+    /// A module the registry lacks, from the puller; without one, or when the pull fails, the
+    /// reason (if there is more to say than "not found").
+    fn pull(&self, wanted: &ModuleRef) -> Result<Arc<LoadedModule>, Option<String>> {
+        let Some(puller) = &self.puller else {
+            return Err(None);
+        };
+        match catch_unwind(AssertUnwindSafe(|| puller.resolve(wanted))) {
+            Ok(Ok(module)) => Ok(module),
+            Ok(Err(error)) => Err(Some(format!(
+                "not in the modules directory, and pulling it from the registry failed: {error}"
+            ))),
+            Err(_) => {
+                error!(module = %wanted, "module pull panicked; task reported as module not found");
+                Err(Some(
+                    "internal error in the worker while pulling the module".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// A module-not-found answer; `reason`, when given, goes to the result's stderr (there is no
+/// guest to write any).
+fn not_found(wanted: &ModuleRef, reason: Option<String>) -> Execution {
+    let mut execution = Execution::refused(Outcome::ModuleNotFound {
+        module: wanted.to_string(),
+    });
+    if let Some(reason) = reason {
+        execution.stderr = format!("warren: module {wanted}: {reason}\n").into_bytes();
+    }
+    execution
 }
 
 /// Runs `call` on `module` in `sandbox`'s `shard`, turning a panic into a trapped outcome.

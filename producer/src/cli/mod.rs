@@ -8,6 +8,7 @@
 
 pub mod args;
 mod batch;
+mod module;
 mod progress;
 mod queues;
 mod resume;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use warren_schemas::args::BrokerArgs;
 
 pub use batch::{BatchArgs, CollectArgs};
+pub use module::{LsArgs, ModuleArgs, ModuleCommand, PushArgs};
 pub use queues::{DeadArgs, DeadCommand, DeadListArgs, DeadRequeueArgs, StatusArgs};
 pub use submit::SubmitArgs;
 
@@ -28,7 +30,8 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 ///
 /// Tasks go to the task queue that `warren-worker run` consumes; each runs one module on one
 /// input in a fresh sandbox. `submit` sends one task; `batch` sends one per input file or JSONL
-/// line and writes the results to a directory, resumable with `collect`.
+/// line and writes the results to a directory, resumable with `collect`. `module` pushes modules
+/// to an OCI registry that workers pull from.
 #[derive(Debug, Parser)]
 #[command(name = "warren", version, about, long_about)]
 pub struct Cli {
@@ -54,6 +57,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Inspect dead-lettered messages, or put them back on the task queue.
     Dead(DeadArgs),
+    /// Modules in an OCI registry: push a `.wasm`, list a repository (workers with
+    /// `--registry` pull what a task names).
+    Module(ModuleArgs),
 }
 
 /// Runs the command; `shutdown` is cancelled on Ctrl-C. Returns the process exit code.
@@ -65,5 +71,6 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<i32> {
         Command::Collect(args) => batch::run_collect(&url, args, shutdown).await,
         Command::Status(args) => queues::status(&url, args).await,
         Command::Dead(args) => queues::dead(&url, args).await,
+        Command::Module(args) => module::run(args).await,
     }
 }

@@ -7,6 +7,7 @@ use warren_schemas::args::{parse_bytes, parse_duration, BrokerArgs};
 use warren_schemas::Topology;
 
 use super::result_route::ResultArgs;
+use crate::pull::RegistryArgs;
 use crate::{ModuleSource, SandboxConfig};
 
 /// Arguments of `warren-worker run`.
@@ -53,6 +54,10 @@ pub struct RunArgs {
     /// Where modules come from.
     #[command(flatten)]
     pub source: ModuleSource,
+
+    /// Where modules the directory lacks are pulled from.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 
     /// Sandbox limits and pool size.
     #[command(flatten)]

@@ -50,6 +50,7 @@ use warren_schemas::{Task, TaskResult};
 
 use crate::http::{self, HttpState};
 use crate::metrics;
+use crate::pull::ModulePuller;
 use crate::runner::{default_worker_id, TaskRunner};
 use crate::watch::watch_modules;
 pub use args::{RunArgs, PREFETCH_PER_LANE};
@@ -99,12 +100,19 @@ pub async fn run_with(
         .with_context(|| format!("cannot watch {}", modules_dir.display()))?;
     info!(modules = registry.len(), dir = %modules_dir.display(), "modules loaded");
 
+    let puller = ModulePuller::new(
+        &args.registry,
+        registry.clone(),
+        tokio::runtime::Handle::current(),
+    )?
+    .map(Arc::new);
     let consuming = Arc::new(AtomicBool::new(false));
     let http_stop = CancellationToken::new();
     let http_state = HttpState {
         metrics: metrics::install()?,
         registry: registry.clone(),
         consuming: consuming.clone(),
+        pulls_modules: puller.is_some(),
     };
     let bound = http::serve(args.metrics_addr, http_state, http_stop.clone())
         .await
@@ -113,7 +121,7 @@ pub async fn run_with(
 
     let worker_id = args.worker_id.unwrap_or_else(default_worker_id);
     let path = Arc::new(TaskPath {
-        executor: executor(TaskRunner::new(registry, worker_id.clone())),
+        executor: executor(TaskRunner::new(registry, worker_id.clone()).with_puller(puller)),
         max_message_bytes: usize::try_from(args.max_message).unwrap_or(usize::MAX),
         results_queue: args.topology.results.clone(),
         result_route: Arc::new(ResultRoute::new(&args.topology, &args.results, &worker_id)),

@@ -227,6 +227,18 @@ impl ModuleRegistry {
         Ok(module)
     }
 
+    /// Loads one `.wasm` file (any path) without installing it: the caller keeps the module
+    /// (the puller's modules stay out of the directory's names). The bool says whether the
+    /// AOT cache was hit.
+    pub fn load_detached(&self, path: &Path) -> Result<(Arc<LoadedModule>, bool), LoadError> {
+        self.compile_file(path)
+    }
+
+    /// The AOT cache directory (symlinks resolved).
+    pub fn cache_dir(&self) -> &Path {
+        self.cache.dir()
+    }
+
     /// Scans `dir` for `*.wasm` files: loads new and changed ones (compiling in parallel),
     /// removes names whose file is gone, and logs what it did.
     pub fn load_dir(&self, dir: &Path) -> std::io::Result<ScanReport> {

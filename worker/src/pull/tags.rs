@@ -1,0 +1,89 @@
+//! Which digest a module's tag pointed at, and when that was checked: a task naming just
+//! `name` asks the registry again at most once per `--registry-tag-ttl`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What the cache knows of a tag.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TagLookup {
+    /// Checked within the TTL: use it.
+    Fresh(String),
+    /// Checked longer ago: ask the registry, and use this if it does not answer.
+    Stale(String),
+    /// Never resolved.
+    Missing,
+}
+
+/// Module name → the digest its tag pointed at, and when.
+pub struct TagCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl TagCache {
+    /// A cache whose entries are fresh for `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        TagCache {
+            ttl,
+            entries: Mutex::default(),
+        }
+    }
+
+    /// What is known of `name`'s tag at `now`.
+    pub fn lookup(&self, name: &str, now: Instant) -> TagLookup {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match entries.get(name) {
+            Some((digest, checked)) if now.saturating_duration_since(*checked) < self.ttl => {
+                TagLookup::Fresh(digest.clone())
+            }
+            Some((digest, _)) => TagLookup::Stale(digest.clone()),
+            None => TagLookup::Missing,
+        }
+    }
+
+    /// Records that `name`'s tag pointed at `digest` when checked at `now` (also after a
+    /// failed check, with the digest kept, so a registry that is down is asked once per TTL).
+    pub fn record(&self, name: &str, digest: &str, now: Instant) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), (digest.to_owned(), now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tag_is_fresh_within_the_ttl_and_stale_after() {
+        let cache = TagCache::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        assert_eq!(cache.lookup("wc", t0), TagLookup::Missing);
+        cache.record("wc", "aa", t0);
+        assert_eq!(
+            cache.lookup("wc", t0 + Duration::from_secs(29)),
+            TagLookup::Fresh("aa".into())
+        );
+        assert_eq!(
+            cache.lookup("wc", t0 + Duration::from_secs(30)),
+            TagLookup::Stale("aa".into())
+        );
+        cache.record("wc", "bb", t0 + Duration::from_secs(30));
+        assert_eq!(
+            cache.lookup("wc", t0 + Duration::from_secs(31)),
+            TagLookup::Fresh("bb".into())
+        );
+        assert_eq!(cache.lookup("other", t0), TagLookup::Missing);
+    }
+
+    #[test]
+    fn a_zero_ttl_checks_every_time() {
+        let cache = TagCache::new(Duration::ZERO);
+        let t0 = Instant::now();
+        cache.record("wc", "aa", t0);
+        assert_eq!(cache.lookup("wc", t0), TagLookup::Stale("aa".into()));
+    }
+}
