@@ -8,7 +8,8 @@
 //! 1. **Which digest.** `name@<64 hex>` is that digest. `name@<prefix>` is the one pulled or
 //!    stored version with that prefix, else the one the repository's tags point at. `name` is
 //!    what the tag `latest` points at, asked again at most once per `--registry-tag-ttl`
-//!    ([`tags`]); when the registry does not answer, the last known digest keeps serving.
+//!    ([`tags`]); when the registry does not answer, the last known digest keeps serving, and
+//!    a tag that never resolved fails its tasks with the same reason until the TTL has passed.
 //! 2. **Have it?** Modules pulled before are kept, [`VERSIONS_KEPT`] per name, beside the
 //!    registry's (never installed into it: the directory's `name` stays the directory's).
 //! 3. **Else fetch it, once.** Concurrent tasks missing the same `name@digest` share one fetch
@@ -110,7 +111,7 @@ pub struct ModulePuller {
     runtime: tokio::runtime::Handle,
     max_module_size: u64,
     store: PulledStore,
-    tags: TagCache,
+    tags: TagCache<PullError>,
     /// Name → pulled versions, newest last.
     pulled: RwLock<HashMap<String, Vec<Arc<LoadedModule>>>>,
     /// Fetches in flight, by `name@digest`.
@@ -203,6 +204,7 @@ impl ModulePuller {
             TagLookup::Fresh(digest) => return Ok(digest),
             TagLookup::Stale(digest) => Some(digest),
             TagLookup::Missing => None,
+            TagLookup::Failed(error) => return Err(error),
         };
         self.tag_checks.run(name, || {
             let checked = self.check_tag(name);
@@ -217,6 +219,7 @@ impl ModulePuller {
                 }
                 (Err(error), None) => {
                     warn!(module = %name, %error, "module not in the directory and its tag cannot be resolved");
+                    self.tags.record_failure(name, error.clone(), Instant::now());
                     metrics::record_module_pull(error.label(), std::time::Duration::ZERO);
                 }
             }
