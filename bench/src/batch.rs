@@ -284,10 +284,10 @@ async fn run_variant(
     inputs: &Path,
     out: &Path,
 ) -> anyhow::Result<Run> {
-    let queues = BenchQueues::declare(&args.broker.amqp_url, "batch").await?;
+    let queues = BenchQueues::declare(&args.broker.amqp_url.join(","), "batch").await?;
     let topology = queues.topology().clone();
     let launch = WorkerLaunch {
-        amqp_url: &args.broker.amqp_url,
+        amqp_url: &args.broker.amqp_url.join(","),
         topology: &topology,
         source: &args.source,
         worker_args: &args.worker_args,
@@ -306,7 +306,7 @@ async fn run_variant(
         .args(["--dead-queue", &topology.dead])
         .args(["--results-queue", &topology.results])
         .args(&variant.flags)
-        .env("AMQP_URL", &args.broker.amqp_url)
+        .env("AMQP_URL", args.broker.amqp_url.join(","))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -279,7 +279,7 @@ fn median_round(mut rounds: Vec<QueueBenchRow>) -> Option<QueueBenchRow> {
 }
 
 async fn run_case(args: &QueueBenchArgs, case: Case) -> anyhow::Result<QueueBenchRow> {
-    let queues = BenchQueues::declare(&args.broker.amqp_url, "bench").await?;
+    let queues = BenchQueues::declare(&args.broker.amqp_url.join(","), "bench").await?;
     let measured = measure(args, case, &queues).await;
     queues.delete().await;
     measured
@@ -359,7 +359,7 @@ pub(crate) struct DrainRate {
 /// Tasks/s of `case`'s workers draining a full queue of `args.tasks` tasks, on queues of its
 /// own: the throughput phase alone, for benchmarks that compare against it.
 pub(crate) async fn drain_rate(args: &QueueBenchArgs, case: Case) -> anyhow::Result<DrainRate> {
-    let queues = BenchQueues::declare(&args.broker.amqp_url, "bench").await?;
+    let queues = BenchQueues::declare(&args.broker.amqp_url.join(","), "bench").await?;
     let drained = drain(args, case, &queues).await;
     let rate = match drained {
         Ok(mut drained) => drained.workers.stop().map(|()| DrainRate {
@@ -553,7 +553,7 @@ impl WorkerProcesses {
             worker_args.push("--max-concurrent-tasks=1".to_owned());
         }
         let launch = WorkerLaunch {
-            amqp_url: &args.broker.amqp_url,
+            amqp_url: &args.broker.amqp_url.join(","),
             topology,
             source: &source,
             worker_args: &worker_args,

@@ -102,7 +102,7 @@ pub fn run_soak(args: &SoakArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let queues = BenchQueues::declare(&args.broker.amqp_url, "soak").await?;
+        let queues = BenchQueues::declare(&args.broker.amqp_url.join(","), "soak").await?;
         let soaked = soak(args, &queues).await;
         queues.delete().await;
         soaked
@@ -111,7 +111,7 @@ pub fn run_soak(args: &SoakArgs) -> anyhow::Result<i32> {
 
 async fn soak(args: &SoakArgs, queues: &BenchQueues) -> anyhow::Result<i32> {
     let launch = WorkerLaunch {
-        amqp_url: &args.broker.amqp_url,
+        amqp_url: &args.broker.amqp_url.join(","),
         topology: queues.topology(),
         source: &args.source,
         worker_args: &args.worker_args,

@@ -63,6 +63,13 @@ pub enum ProducerError {
     /// An OCI registry refused or failed an operation (`warren module push` / `ls`).
     #[error(transparent)]
     Registry(#[from] warren_worker::oci::OciError),
+    /// The broker addresses (`AMQP_URL`) are unusable.
+    #[error(transparent)]
+    Nodes(#[from] warren_schemas::nodes::NodesError),
+    /// A queue could not be declared (one declared with other arguments, e.g. a classic
+    /// queue from an older warren, or a broker failure).
+    #[error(transparent)]
+    Declare(#[from] warren_schemas::topology::DeclareError),
 }
 
 impl ProducerError {
@@ -80,14 +87,10 @@ impl ProducerError {
     /// would repeat (access refused, a missing queue, a nack) is not.
     pub fn is_connection_lost(&self) -> bool {
         match self {
-            ProducerError::Broker { source, .. } => match source.kind() {
-                lapin::ErrorKind::IOError(_)
-                | lapin::ErrorKind::InvalidChannelState(..)
-                | lapin::ErrorKind::InvalidConnectionState(_)
-                | lapin::ErrorKind::MissingHeartbeatError => true,
-                lapin::ErrorKind::ProtocolError(_) => source.is_amqp_hard_error(),
-                _ => false,
-            },
+            ProducerError::Broker { source, .. } => is_connection_lost(source),
+            ProducerError::Declare(declare) => {
+                declare.broker_error().is_some_and(is_connection_lost)
+            }
             ProducerError::ConsumerEnded { .. } => true,
             _ => false,
         }
@@ -106,6 +109,17 @@ impl ProducerError {
 pub type Result<T, E = ProducerError> = std::result::Result<T, E>;
 
 /// True when a lapin error is the broker saying "no such queue" (404 NOT_FOUND).
+fn is_connection_lost(source: &lapin::Error) -> bool {
+    match source.kind() {
+        lapin::ErrorKind::IOError(_)
+        | lapin::ErrorKind::InvalidChannelState(..)
+        | lapin::ErrorKind::InvalidConnectionState(_)
+        | lapin::ErrorKind::MissingHeartbeatError => true,
+        lapin::ErrorKind::ProtocolError(_) => source.is_amqp_hard_error(),
+        _ => false,
+    }
+}
+
 pub(crate) fn is_not_found(error: &lapin::Error) -> bool {
     match error.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => amqp.get_id() == 404,

@@ -9,10 +9,13 @@ use futures_lite::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tracing::debug;
+use warren_schemas::nodes::{ConnectError, Connected};
 use warren_schemas::task::unix_now_ns;
+use warren_schemas::topology::{declare_queue, results_queue_arguments};
+use warren_schemas::BrokerNodes;
 use warren_schemas::{
     decode, encode, Task, TaskId, TaskResult, Topology, CONTENT_TYPE, DEFAULT_MAX_MESSAGE_BYTES,
 };
@@ -21,6 +24,8 @@ use crate::error::{is_not_found, ProducerError, Result};
 
 /// A connection to the broker on warren's queues.
 pub struct Producer {
+    /// Index of the node connected to, in the [`BrokerNodes`] given.
+    node: usize,
     /// Kept so channels can be opened on demand and the connection closed cleanly.
     connection: Connection,
     /// A channel in confirm mode for [`Producer::submit`].
@@ -30,32 +35,43 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Connects to `url` and declares the topology exactly as the workers do (idempotent).
+    /// Connects to `url` (one AMQP URL, or a cluster's nodes comma-separated as `AMQP_URL`
+    /// takes them) and declares the topology exactly as the workers do (idempotent).
     pub async fn connect(url: &str, topology: Topology) -> Result<Self> {
+        Self::connect_to(&url.parse()?, topology, None).await
+    }
+
+    /// Connects to the first of `nodes` that answers, trying them in a random order with
+    /// `last` (the node used before, if any) last, and declares the topology.
+    pub async fn connect_to(
+        nodes: &BrokerNodes,
+        topology: Topology,
+        last: Option<usize>,
+    ) -> Result<Self> {
         // Named, so the broker's connection list says who is who.
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("warren producer (pid {})", std::process::id()).into());
-        let connection = Connection::connect(url, properties).await.map_err(|e| {
-            ProducerError::broker(
-                format!("cannot connect to the broker at {}", redact(url)),
-                e,
-            )
-        })?;
+        let Connected { connection, node } = nodes
+            .connect(&properties, last)
+            .await
+            .map_err(connect_failed)?;
+        debug!(
+            node = nodes.nodes()[node].label(),
+            "connected to the broker"
+        );
         let channel = confirm_channel(&connection).await?;
-        topology.declare(&channel).await.map_err(|e| {
-            ProducerError::broker(
-                format!(
-                    "declaring queues {}, {}, {}",
-                    topology.tasks, topology.dead, topology.results
-                ),
-                e,
-            )
-        })?;
+        topology.declare(&channel).await?;
         Ok(Producer {
+            node,
             connection,
             channel,
             topology,
         })
+    }
+
+    /// Index of the node this producer is connected to, in the [`BrokerNodes`] it was given.
+    pub fn node(&self) -> usize {
+        self.node
     }
 
     /// The queue names in use.
@@ -146,28 +162,16 @@ impl Producer {
         )))
     }
 
-    /// Declares a durable queue for results that the broker deletes `expires` after its last
-    /// use (no consumer, no declare) — a batch's results queue.
+    /// Declares a durable quorum queue for results that the broker deletes `expires` after
+    /// its last use (no consumer, no declare) — a batch's results queue. Replicated like the
+    /// shared queues, so results survive the loss of the node leading it.
     pub async fn declare_results_queue(
         &self,
         name: &str,
         expires: std::time::Duration,
     ) -> Result<()> {
-        let mut args = FieldTable::default();
-        let millis = u32::try_from(expires.as_millis().max(1)).unwrap_or(u32::MAX);
-        args.insert(ShortString::from("x-expires"), AMQPValue::LongUInt(millis));
         let channel = self.channel().await?;
-        channel
-            .queue_declare(
-                name.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                args,
-            )
-            .await
-            .map_err(|e| ProducerError::broker(format!("declaring results queue {name}"), e))?;
+        declare_queue(&channel, name, results_queue_arguments(Some(expires))).await?;
         let _ = channel.close(200, "declared".into()).await;
         Ok(())
     }
@@ -202,14 +206,22 @@ impl Producer {
         }
     }
 
-    /// Deletes `queue` if it is empty (used once a batch's results are all collected).
+    /// Deletes `queue` if it holds no message and has no consumer (used once a batch's
+    /// results are all collected, so whatever could still arrive is a duplicate). Quorum
+    /// queues refuse `if-empty` deletes, so the queue is inspected first.
     pub async fn delete_queue_if_empty(&self, queue: &str) -> Result<()> {
-        let channel = self.channel().await?;
-        let options = lapin::options::QueueDeleteOptions {
-            if_empty: true,
-            ..Default::default()
+        let depth = match self.inspect_queue(queue).await {
+            Ok(depth) => depth,
+            Err(ProducerError::QueueNotFound { .. }) => return Ok(()),
+            Err(error) => return Err(error),
         };
-        let outcome = channel.queue_delete(queue.into(), options).await;
+        if depth.messages > 0 || depth.consumers > 0 {
+            return Ok(());
+        }
+        let channel = self.channel().await?;
+        let outcome = channel
+            .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+            .await;
         let _ = channel.close(200, "deleted".into()).await;
         outcome
             .map(|_| ())
@@ -244,6 +256,22 @@ pub fn task_properties(task: &Task, reply_to: Option<&str>) -> BasicProperties {
         Some(queue) => properties.with_reply_to(queue.into()),
         None => properties,
     }
+}
+
+/// No node answered: the last node's error underneath (it tells an unreachable broker from a
+/// refusal), every node's in the message.
+fn connect_failed(mut error: ConnectError) -> ProducerError {
+    let last = error.failures.pop().expect("a failed connect tried a node");
+    let mut tried: Vec<String> = error
+        .failures
+        .iter()
+        .map(|failure| format!("{}: {}", failure.label, failure.error))
+        .collect();
+    tried.push(last.label);
+    ProducerError::broker(
+        format!("cannot connect to the broker (tried {})", tried.join("; ")),
+        last.error,
+    )
 }
 
 async fn confirm_channel(connection: &Connection) -> Result<Channel> {

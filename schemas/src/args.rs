@@ -12,15 +12,27 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Where the broker is: one flag for every warren command that talks to it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
-    /// Broker URL (its password is never logged or printed).
+    /// Broker URL; for a cluster, several nodes, comma-separated or with the flag repeated:
+    /// `amqp://user:pass@rabbit-1:5672/%2f,rabbit-2,rabbit-3` (later `host[:port]` entries take
+    /// the first URL's credentials and virtual host). Connects try the nodes in a random order
+    /// and fail over to the next. Passwords are never logged or printed.
     #[arg(
         long = "amqp-url",
         global = true,
         env = "AMQP_URL",
         default_value = DEFAULT_AMQP_URL,
+        value_delimiter = ',',
         hide_env_values = true
     )]
-    pub amqp_url: String,
+    pub amqp_url: Vec<String>,
+}
+
+#[cfg(feature = "amqp")]
+impl BrokerArgs {
+    /// The broker's nodes, checked.
+    pub fn nodes(&self) -> Result<crate::BrokerNodes, crate::nodes::NodesError> {
+        crate::BrokerNodes::parse(&self.amqp_url)
+    }
 }
 
 /// A byte size with an optional unit: `65536`, `64KiB`, `256MiB`.

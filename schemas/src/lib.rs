@@ -10,11 +10,14 @@
 //! - [`result`]: what a worker answers — the [`Outcome`], captured output, timings.
 //! - [`codec`]: the only place that turns those types into bytes and back.
 //! - `topology` (feature `amqp`): the broker queues both sides declare, identically.
+//! - `nodes` (feature `amqp`): the broker's node addresses and the connect that fails over.
 #![deny(missing_docs)]
 
 #[cfg(feature = "cli")]
 pub mod args;
 pub mod codec;
+#[cfg(feature = "amqp")]
+pub mod nodes;
 pub mod result;
 pub mod task;
 #[cfg(feature = "amqp")]
@@ -23,6 +26,8 @@ pub mod topology;
 pub use codec::{
     decode, encode, DecodeError, CONTENT_TYPE, DEFAULT_MAX_MESSAGE_BYTES, WIRE_VERSION,
 };
+#[cfg(feature = "amqp")]
+pub use nodes::BrokerNodes;
 pub use result::{Outcome, ResolvedModule, TaskResult, Timings};
 pub use task::{BatchRef, ModuleRef, ModuleRefError, Task, TaskId, TaskLimits};
 #[cfg(feature = "amqp")]

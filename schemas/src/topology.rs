@@ -2,17 +2,59 @@
 //!
 //! - Tasks: a durable **quorum** queue with `x-delivery-limit`, dead-lettering to the dead queue,
 //!   so a message that keeps killing workers ends there instead of looping forever.
-//! - Dead letters: a durable queue holding undecodable messages and poison tasks (the broker's
-//!   `x-death` header says why).
-//! - Results: a durable queue for results of tasks without `reply_to`.
+//! - Dead letters: a durable quorum queue holding undecodable messages and poison tasks (the
+//!   broker's `x-death` header says why).
+//! - Results: a durable quorum queue for results of tasks without `reply_to`.
 //! - Unroutable results: where a worker puts a result whose `reply_to` queue does not exist (a
 //!   batch's results queue that expired, a reply queue that died with its client), with
 //!   [`UNROUTABLE_REPLY_TO_HEADER`] and the return's code and reason as headers. By default the
 //!   results queue itself.
+//!
+//! Every queue is a quorum queue, replicated on the cluster's nodes, so losing a node loses
+//! no task and no result (a batch's results queue too: [`results_queue_arguments`]). A queue's
+//! type cannot change in place: a queue declared classic by an older warren is refused with
+//! [`DeclareError::Inequivalent`], whose message points to the migration steps.
+
+use std::time::Duration;
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Channel;
+
+/// Where the docs say how to move queues declared classic by an older warren to quorum.
+pub const MIGRATION_DOC: &str = "docs/deployment.md#queues-declared-classic-by-an-older-warren";
+
+/// A queue could not be declared.
+#[derive(Debug, thiserror::Error)]
+pub enum DeclareError {
+    /// The queue exists with other arguments (another type, delivery limit or expiry) than
+    /// warren declares; the broker refused (406 PRECONDITION_FAILED) and closed the channel.
+    #[error("queue {queue} exists with other arguments than warren declares ({detail}); a queue's type cannot change in place: see {MIGRATION_DOC}")]
+    Inequivalent {
+        /// The queue.
+        queue: String,
+        /// The broker's words.
+        detail: String,
+    },
+    /// Anything else: the connection or channel failed, or the broker refused otherwise.
+    #[error("declaring queue {queue}: {source}")]
+    Broker {
+        /// The queue.
+        queue: String,
+        /// What the broker or the connection said.
+        source: lapin::Error,
+    },
+}
+
+impl DeclareError {
+    /// The broker error underneath, if the declare got that far (for retry decisions).
+    pub fn broker_error(&self) -> Option<&lapin::Error> {
+        match self {
+            DeclareError::Inequivalent { .. } => None,
+            DeclareError::Broker { source, .. } => Some(source),
+        }
+    }
+}
 
 /// Queue names and the delivery limit. Defaults match the docs; override per deployment (and per
 /// test, for isolation).
@@ -75,40 +117,19 @@ impl Topology {
     }
 
     /// Declares the queues (idempotent when they exist with the same arguments).
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(self.dead.as_str().into(), durable, FieldTable::default())
-            .await?;
-        channel
-            .queue_declare(self.results.as_str().into(), durable, FieldTable::default())
-            .await?;
+    pub async fn declare(&self, channel: &Channel) -> Result<(), DeclareError> {
+        declare_queue(channel, &self.dead, results_queue_arguments(None)).await?;
+        declare_queue(channel, &self.results, results_queue_arguments(None)).await?;
         if self.unroutable_queue() != self.results {
-            channel
-                .queue_declare(
-                    self.unroutable_queue().into(),
-                    durable,
-                    FieldTable::default(),
-                )
-                .await?;
+            let unroutable = self.unroutable_queue();
+            declare_queue(channel, unroutable, results_queue_arguments(None)).await?;
         }
-        channel
-            .queue_declare(
-                self.tasks.as_str().into(),
-                durable,
-                self.task_queue_arguments(),
-            )
-            .await?;
-        Ok(())
+        declare_queue(channel, &self.tasks, self.task_queue_arguments()).await
     }
 
     /// Arguments of the task queue.
     pub fn task_queue_arguments(&self) -> FieldTable {
-        let mut args = FieldTable::default();
-        args.insert(key("x-queue-type"), text("quorum"));
+        let mut args = quorum();
         args.insert(
             key("x-delivery-limit"),
             AMQPValue::LongUInt(self.delivery_limit),
@@ -117,6 +138,55 @@ impl Topology {
         args.insert(key("x-dead-letter-routing-key"), text(&self.dead));
         args
     }
+}
+
+/// Arguments of a queue of results (or dead letters): quorum, and when `expires` is given,
+/// deleted by the broker that long after its last use (`x-expires`: no consumer, no declare;
+/// quorum queues honour it since RabbitMQ 3.9), as a batch's results queue is.
+pub fn results_queue_arguments(expires: Option<Duration>) -> FieldTable {
+    let mut args = quorum();
+    if let Some(expires) = expires {
+        let millis = u32::try_from(expires.as_millis().max(1)).unwrap_or(u32::MAX);
+        args.insert(key("x-expires"), AMQPValue::LongUInt(millis));
+    }
+    args
+}
+
+/// Declares durable `queue` with `arguments`, telling a queue that exists with other arguments
+/// apart from other failures.
+pub async fn declare_queue(
+    channel: &Channel,
+    queue: &str,
+    arguments: FieldTable,
+) -> Result<(), DeclareError> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(queue.into(), durable, arguments)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(source) => Err(match source.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406 => {
+                DeclareError::Inequivalent {
+                    queue: queue.to_owned(),
+                    detail: amqp.get_message().to_string(),
+                }
+            }
+            _ => DeclareError::Broker {
+                queue: queue.to_owned(),
+                source,
+            },
+        }),
+    }
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(key("x-queue-type"), text("quorum"));
+    args
 }
 
 /// Header of a result in the unroutable-results queue: the `reply_to` it was published to

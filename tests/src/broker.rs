@@ -18,6 +18,44 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| warren_schemas::args::DEFAULT_AMQP_URL.into())
 }
 
+/// Deletes the test's queues (they are quorum queues: each one left behind costs the shared
+/// broker memory and CPU in every later run). Runs on a thread of its own, since a test's
+/// runtime may be shutting down.
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let queues = [
+            self.topology.tasks.clone(),
+            self.topology.dead.clone(),
+            self.topology.results.clone(),
+            self.reply_queue.clone(),
+        ];
+        let deleted = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let connection = Connection::connect(&url, ConnectionProperties::default())
+                    .await
+                    .ok()?;
+                let channel = connection.create_channel().await.ok()?;
+                for queue in &queues {
+                    let _ = channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                let _ = connection.close(200, "test over".into()).await;
+                Some(())
+            })
+        })
+        .join();
+        if !matches!(deleted, Ok(Some(()))) {
+            eprintln!("could not delete the test's queues ({:?})", self.topology);
+        }
+    }
+}
+
 /// A connection plus a unique set of queue names.
 pub struct TestBroker {
     /// Queue names the worker under test is given.

@@ -16,6 +16,7 @@
 //! - `bin/warren-crash-worker`: the daemon with a fault injected (aborts on one module).
 
 pub mod broker;
+pub mod cluster;
 pub mod observability;
 pub mod oci_registry;
 pub mod probe;

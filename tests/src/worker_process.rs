@@ -72,6 +72,12 @@ impl WorkerCommand {
         self
     }
 
+    /// Where the process's stderr (its log) goes; inherited from the test by default.
+    pub fn stderr(&mut self, stderr: impl Into<Stdio>) -> &mut Self {
+        self.command.stderr(stderr);
+        self
+    }
+
     /// Starts the process (without waiting for it to be ready).
     pub fn spawn(&mut self) -> std::io::Result<WorkerProcess> {
         let program = self.command.get_program().to_string_lossy().into_owned();
@@ -255,7 +261,7 @@ const CLOCK_TICKS_PER_S: f64 = 100.0;
 
 /// The tests' worker: binary `name` of the test build (with `run` for `warren-worker`),
 /// `concurrency` lanes, the AOT cache `cache`, warnings only.
-fn test_command(
+pub fn test_command(
     name: &str,
     url: &str,
     topology: &Topology,

@@ -155,6 +155,8 @@ fn dashboard_has_a_fixed_uid_and_a_panel_for_every_worker_metric() {
         metrics::TASKS_TOTAL,
         metrics::DELIVERIES_REJECTED_TOTAL,
         metrics::AMQP_RECONNECTS_TOTAL,
+        metrics::AMQP_NODE_CONNECTED,
+        metrics::AMQP_NODE_CONNECT_FAILURES_TOTAL,
         metrics::TASKS_IN_FLIGHT,
         metrics::MODULES_LOADED,
         metrics::POOL_INSTANCES_IN_USE,

@@ -265,3 +265,100 @@ async fn a_long_task_does_not_hold_back_the_next_delivery() {
     }
     broker.cleanup().await;
 }
+
+/// An older warren declared `warren.results` (and the dead-letter queue) as classic queues; a
+/// queue's type cannot change in place. The worker says so, pointing at the migration steps,
+/// and keeps retrying; `warren` refuses with the same words; once the operator deletes the
+/// classic queue, the waiting worker starts by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_results_queue_from_an_older_warren_is_refused_with_the_migration_hint() {
+    use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::FieldTable;
+    use lapin::{Connection, ConnectionProperties};
+    use warren_schemas::topology::MIGRATION_DOC;
+    use warren_schemas::Topology;
+    use warren_tests::producer_cli::{text, WarrenCli};
+    use warren_tests::worker_process::test_command;
+
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let topology = Topology::with_suffix(&suffix[..12]);
+    let url = warren_tests::broker::amqp_url();
+    let connection = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .expect("broker");
+    let channel = connection.create_channel().await.expect("channel");
+    let classic = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(
+            topology.results.as_str().into(),
+            classic,
+            FieldTable::default(),
+        )
+        .await
+        .expect("what an older warren declared");
+
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let mut worker = test_command(
+        "warren-worker",
+        &url,
+        &topology,
+        1,
+        warren_tests::modules_dir(),
+        &warren_tests::shared_aot_cache(),
+    )
+    .stderr(log.reopen().expect("log file"))
+    .spawn()
+    .expect("worker starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        let logged = std::fs::read_to_string(log.path()).unwrap_or_default();
+        if logged.contains(MIGRATION_DOC) {
+            break logged;
+        }
+        assert!(worker.try_status().is_none(), "the worker exited: {logged}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal logged in 60 s: {logged}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(refused.contains("ERROR"), "logged as an error: {refused}");
+    assert!(
+        refused.contains("x-queue-type"),
+        "names the argument: {refused}"
+    );
+    assert!(
+        refused.contains(&topology.results),
+        "names the queue: {refused}"
+    );
+    assert!(
+        worker.ready_by(std::time::Instant::now()).is_err(),
+        "not ready while refused"
+    );
+
+    let status = WarrenCli::new(&topology).run(&["status"]);
+    let (_, stderr) = text(&status);
+    assert!(!status.status.success(), "warren status refused: {stderr}");
+    assert!(stderr.contains(MIGRATION_DOC), "{stderr}");
+    assert!(stderr.contains(&topology.results), "{stderr}");
+
+    // The migration's last step: the classic queue goes, the worker declares a quorum one.
+    channel
+        .queue_delete(
+            topology.results.as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete the classic queue");
+    worker.wait_ready(Duration::from_secs(30));
+    drop(worker);
+    for queue in [&topology.tasks, &topology.dead, &topology.results] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = connection.close(200, "done".into()).await;
+}

@@ -17,7 +17,7 @@ use metrics::{
     Gauge, Histogram, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use warren_schemas::{Outcome, TaskResult};
+use warren_schemas::{BrokerNodes, Outcome, TaskResult};
 
 use crate::engine::pool_occupancy;
 use crate::registry::ModuleRegistry;
@@ -37,6 +37,11 @@ pub const TASKS_TOTAL: &str = "warren_tasks_total";
 pub const DELIVERIES_REJECTED_TOTAL: &str = "warren_deliveries_rejected_total";
 /// Counter of broker reconnections.
 pub const AMQP_RECONNECTS_TOTAL: &str = "warren_amqp_reconnects_total";
+/// Gauge per broker node (`node` = `host:port` of an `AMQP_URL` address): 1 for the node the
+/// worker is connected to, 0 for the others.
+pub const AMQP_NODE_CONNECTED: &str = "warren_amqp_node_connected";
+/// Counter of failed connects per broker node.
+pub const AMQP_NODE_CONNECT_FAILURES_TOTAL: &str = "warren_amqp_node_connect_failures_total";
 /// Gauge of tasks received and not yet acknowledged.
 pub const TASKS_IN_FLIGHT: &str = "warren_tasks_in_flight";
 /// Gauge of module names loaded.
@@ -168,6 +173,14 @@ fn describe() {
         SANDBOX_SWAP_SCRUBBED_PAGES_TOTAL,
         "Pages of freed slots found in swap after wasmtime's reset and discarded."
     );
+    describe_gauge!(
+        AMQP_NODE_CONNECTED,
+        "1 for the broker node (host:port of an AMQP_URL address) the worker is connected to, 0 for the others."
+    );
+    describe_counter!(
+        AMQP_NODE_CONNECT_FAILURES_TOTAL,
+        "Failed connects per broker node (host:port of an AMQP_URL address)."
+    );
     describe_counter!(
         RESULTS_UNROUTABLE_TOTAL,
         "Results returned by the broker (no queue named by reply_to), sent to the unroutable-results queue."
@@ -198,6 +211,34 @@ fn describe() {
     }
     counter!(AMQP_RECONNECTS_TOTAL).absolute(0);
     gauge!(TASKS_IN_FLIGHT).set(0.0);
+}
+
+/// Registers every node of `AMQP_URL` (not connected, no failures yet), so each has series.
+pub fn register_nodes(nodes: &BrokerNodes) {
+    for node in nodes.nodes() {
+        gauge!(AMQP_NODE_CONNECTED, "node" => node.label().to_owned()).set(0.0);
+        counter!(AMQP_NODE_CONNECT_FAILURES_TOTAL, "node" => node.label().to_owned()).absolute(0);
+    }
+}
+
+/// Records that the worker is connected to node `index` of `nodes` (and not to the others).
+pub fn record_node_connected(nodes: &BrokerNodes, index: usize) {
+    for (i, node) in nodes.nodes().iter().enumerate() {
+        let connected = if i == index { 1.0 } else { 0.0 };
+        gauge!(AMQP_NODE_CONNECTED, "node" => node.label().to_owned()).set(connected);
+    }
+}
+
+/// Records that the worker is connected to no node.
+pub fn record_node_disconnected(nodes: &BrokerNodes) {
+    for node in nodes.nodes() {
+        gauge!(AMQP_NODE_CONNECTED, "node" => node.label().to_owned()).set(0.0);
+    }
+}
+
+/// Records a failed connect to node `label`.
+pub fn record_node_connect_failure(label: &str) {
+    counter!(AMQP_NODE_CONNECT_FAILURES_TOTAL, "node" => label.to_owned()).increment(1);
 }
 
 /// Records a finished task.

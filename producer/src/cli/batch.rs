@@ -19,6 +19,7 @@ use crate::batch::{
 use crate::producer::Producer;
 use crate::publisher::DEFAULT_MAX_OUTSTANDING;
 use warren_schemas::args::{parse_nonzero_duration, parse_positive};
+use warren_schemas::BrokerNodes;
 
 /// Arguments of `warren batch`.
 #[derive(Debug, Args)]
@@ -111,7 +112,7 @@ pub struct CollectArgs {
 
 /// Runs `warren batch`.
 pub async fn run_batch(
-    url: &str,
+    nodes: &BrokerNodes,
     args: BatchArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<i32> {
@@ -144,7 +145,7 @@ pub async fn run_batch(
         return run_local(&args, spec, inputs, batch_id, &options, &shutdown);
     }
     let topology = args.queues.topology;
-    let producer = Producer::connect(url, topology.clone()).await?;
+    let producer = Producer::connect_to(nodes, topology.clone(), None).await?;
     let bars = Bars::new(options.wait);
     bars.println(&format!(
         "warren: batch of {} tasks running {}{}",
@@ -163,9 +164,11 @@ pub async fn run_batch(
         &shutdown,
     )
     .await;
+    let producer_node = producer.node();
     producer.close().await;
     let outcome = Resume {
-        url,
+        nodes,
+        node: producer_node,
         topology: &topology,
         batch_id,
         out: &out,
@@ -247,7 +250,7 @@ fn counting(spec: &BatchSpec) -> String {
 
 /// Runs `warren collect`.
 pub async fn run_collect(
-    url: &str,
+    nodes: &BrokerNodes,
     args: CollectArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<i32> {
@@ -274,7 +277,7 @@ pub async fn run_collect(
         args.batch_id
     );
     let topology = args.queues.topology;
-    let producer = Producer::connect(url, topology.clone()).await?;
+    let producer = Producer::connect_to(nodes, topology.clone(), None).await?;
     let bars = Bars::new(true);
     let outcome = batch::collect(
         &producer,
@@ -286,9 +289,11 @@ pub async fn run_collect(
         &shutdown,
     )
     .await;
+    let producer_node = producer.node();
     producer.close().await;
     let outcome = Resume {
-        url,
+        nodes,
+        node: producer_node,
         topology: &topology,
         batch_id: args.batch_id,
         out: &out,

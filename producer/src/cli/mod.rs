@@ -64,13 +64,16 @@ pub enum Command {
 
 /// Runs the command; `shutdown` is cancelled on Ctrl-C. Returns the process exit code.
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<i32> {
-    let url = cli.broker.amqp_url;
+    if let Command::Module(args) = cli.command {
+        return module::run(args).await;
+    }
+    let nodes = cli.broker.nodes()?;
     match cli.command {
-        Command::Submit(args) => submit::run(&url, args, shutdown).await,
-        Command::Batch(args) => batch::run_batch(&url, args, shutdown).await,
-        Command::Collect(args) => batch::run_collect(&url, args, shutdown).await,
-        Command::Status(args) => queues::status(&url, args).await,
-        Command::Dead(args) => queues::dead(&url, args).await,
-        Command::Module(args) => module::run(args).await,
+        Command::Submit(args) => submit::run(&nodes, args, shutdown).await,
+        Command::Batch(args) => batch::run_batch(&nodes, args, shutdown).await,
+        Command::Collect(args) => batch::run_collect(&nodes, args, shutdown).await,
+        Command::Status(args) => queues::status(&nodes, args).await,
+        Command::Dead(args) => queues::dead(&nodes, args).await,
+        Command::Module(_) => unreachable!("handled above"),
     }
 }

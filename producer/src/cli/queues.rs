@@ -6,6 +6,7 @@ use super::args::QueueArgs;
 use crate::dead::{self, DeadBody};
 use crate::producer::Producer;
 use warren_schemas::args::parse_positive;
+use warren_schemas::BrokerNodes;
 
 /// Arguments of `warren status`.
 #[derive(Debug, Args)]
@@ -66,8 +67,8 @@ pub struct DeadRequeueArgs {
 }
 
 /// Runs `warren status`.
-pub async fn status(url: &str, args: StatusArgs) -> anyhow::Result<i32> {
-    let producer = Producer::connect(url, args.queues.topology).await?;
+pub async fn status(nodes: &BrokerNodes, args: StatusArgs) -> anyhow::Result<i32> {
+    let producer = Producer::connect_to(nodes, args.queues.topology, None).await?;
     let status = crate::status::status(&producer).await?;
     producer.close().await;
     if args.json {
@@ -104,12 +105,12 @@ pub async fn status(url: &str, args: StatusArgs) -> anyhow::Result<i32> {
 }
 
 /// Runs `warren dead list|requeue`.
-pub async fn dead(url: &str, args: DeadArgs) -> anyhow::Result<i32> {
+pub async fn dead(nodes: &BrokerNodes, args: DeadArgs) -> anyhow::Result<i32> {
     let topology = match &args.command {
         DeadCommand::List(list) => list.queues.topology.clone(),
         DeadCommand::Requeue(requeue) => requeue.queues.topology.clone(),
     };
-    let producer = Producer::connect(url, topology).await?;
+    let producer = Producer::connect_to(nodes, topology, None).await?;
     let dead_queue = producer.topology().dead.clone();
     let tasks_queue = producer.topology().tasks.clone();
     match args.command {

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use uuid::Uuid;
-use warren_schemas::Topology;
+use warren_schemas::{BrokerNodes, Topology};
 
 use crate::batch::{self, BatchOptions, BatchReport, Observer};
 use crate::error::Result;
-use crate::producer::{redact, Producer};
+use crate::producer::Producer;
 
 /// How long the broker may stay unreachable before a batch gives up.
 pub const RECONNECT_WINDOW: Duration = Duration::from_secs(120);
@@ -29,8 +29,10 @@ const MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// Where a batch lives and how to carry on with it.
 pub struct Resume<'a> {
-    /// Broker URL.
-    pub url: &'a str,
+    /// The broker's nodes.
+    pub nodes: &'a BrokerNodes,
+    /// The node the batch was connected to (tried last when reconnecting).
+    pub node: usize,
     /// Queue names (as the batch was started with).
     pub topology: &'a Topology,
     /// The batch.
@@ -61,6 +63,7 @@ impl Resume<'_> {
     async fn ride_out(&self, mut outcome: Result<BatchReport>) -> Result<BatchReport> {
         let mut delay = FIRST_DELAY;
         let mut unreachable_since: Option<Instant> = None;
+        let mut last_node = self.node;
         loop {
             let error = match outcome {
                 Err(error) if error.is_connection_lost() => error,
@@ -70,13 +73,15 @@ impl Resume<'_> {
             if self.shutdown.is_cancelled() || since.elapsed() > RECONNECT_WINDOW {
                 return Err(error);
             }
-            warn!(broker = %redact(self.url), %error, retry_in = ?delay, "lost the broker connection mid-batch; reconnecting");
+            let node = self.nodes.nodes()[last_node].label();
+            warn!(node, %error, retry_in = ?delay, "lost the broker connection mid-batch; reconnecting");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.shutdown.cancelled() => return Err(error),
             }
             delay = (delay * 2).min(MAX_DELAY);
-            let producer = match Producer::connect(self.url, self.topology.clone()).await {
+            let connect = Producer::connect_to(self.nodes, self.topology.clone(), Some(last_node));
+            let producer = match connect.await {
                 Ok(producer) => producer,
                 Err(connect_error) => {
                     outcome = Err(if connect_error.is_connection_lost() {
@@ -91,6 +96,9 @@ impl Resume<'_> {
             // Connected: the broker is back, so the unreachable clock starts again next time
             // (the delay keeps growing, so a flapping broker is not hammered).
             unreachable_since = None;
+            last_node = producer.node();
+            let node = self.nodes.nodes()[last_node].label();
+            warn!(node, "reconnected; carrying on with the batch");
             outcome = batch::collect(
                 &producer,
                 self.batch_id,
@@ -108,10 +116,10 @@ impl Resume<'_> {
 
 /// Adds "how to resume" to an error that stopped a batch midway (broker or disk trouble).
 fn with_resume_hint(error: crate::ProducerError, batch_id: Uuid, out: &Path) -> anyhow::Error {
-    use crate::ProducerError::{Broker, ConsumerEnded, Internal, Io, Nacked};
+    use crate::ProducerError::{Broker, ConsumerEnded, Declare, Internal, Io, Nacked};
     let resumable = matches!(
         error,
-        Broker { .. } | Nacked { .. } | Io { .. } | Internal(_) | ConsumerEnded { .. }
+        Broker { .. } | Declare(_) | Nacked { .. } | Io { .. } | Internal(_) | ConsumerEnded { .. }
     );
     if resumable && batch::manifest::Manifest::path(out).exists() {
         anyhow::anyhow!(

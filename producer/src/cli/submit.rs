@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
-use warren_schemas::{Outcome, Task, TaskResult};
+use warren_schemas::{BrokerNodes, Outcome, Task, TaskResult};
 
 use super::args::{parse_input, InputArg, LocalArgs, OkArgs, QueueArgs, TaskArgs};
 use super::EXIT_INTERRUPTED;
@@ -54,7 +54,11 @@ pub struct SubmitArgs {
 }
 
 /// Runs `warren submit`.
-pub async fn run(url: &str, args: SubmitArgs, shutdown: CancellationToken) -> anyhow::Result<i32> {
+pub async fn run(
+    nodes: &BrokerNodes,
+    args: SubmitArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<i32> {
     // Read the input before connecting: a missing file must not leave anything behind.
     let input = match &args.input {
         None => Vec::new(),
@@ -78,7 +82,7 @@ pub async fn run(url: &str, args: SubmitArgs, shutdown: CancellationToken) -> an
         let result = tokio::task::block_in_place(|| runner.run_one(task))?;
         return conclude(&result, &args.ok.ok_exit_codes);
     }
-    let producer = Producer::connect(url, args.queues.topology).await?;
+    let producer = Producer::connect_to(nodes, args.queues.topology, None).await?;
     if !args.wait {
         producer.submit(&task, args.reply_to.as_deref()).await?;
         println!("{}", task.id);

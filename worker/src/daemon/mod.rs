@@ -44,9 +44,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
-use warren_schemas::topology::redact_url;
-use warren_schemas::{Task, TaskResult};
+use tracing::{error, info, warn};
+use warren_schemas::topology::DeclareError;
+use warren_schemas::{BrokerNodes, Task, TaskResult};
 
 use crate::http::{self, HttpState};
 use crate::metrics;
@@ -59,7 +59,7 @@ use delivery::TaskPath;
 use lanes::{FeedEnd, Lanes};
 pub use result_route::ResultArgs;
 use result_route::ResultRoute;
-use session::{Session, SessionSettings};
+use session::{OpenError, Session, SessionSettings, SetupError};
 
 /// What turns a task into its result on a lane. The daemon runs tasks with a [`TaskRunner`];
 /// benchmarks and tests inject others (an echo that measures the broker path alone, a runner
@@ -129,7 +129,7 @@ pub async fn run_with(
     // One lane per shard: each runs one guest at a time.
     let lanes = Lanes::start(lane_count, lane_stack).context("cannot start the lanes")?;
     let settings = SessionSettings {
-        amqp_url: args.broker.amqp_url,
+        nodes: args.broker.nodes()?,
         worker_id,
         topology: args.topology,
         prefetch,
@@ -144,33 +144,48 @@ pub async fn run_with(
     });
 
     // Sessions, one after another, until the worker is asked to stop.
-    let broker = redact_url(&settings.amqp_url);
+    let nodes = &settings.nodes;
+    metrics::register_nodes(nodes);
+    info!(broker = %nodes, "connecting");
     let mut backoff = Backoff::default();
+    let mut last_node = None;
     let stopped = loop {
-        let failure = match Session::open(&settings, &lanes, &path, stop.child_token()).await {
-            Ok(session) => {
-                consuming.store(true, Ordering::Relaxed);
-                let end = session.ended().await;
-                consuming.store(false, Ordering::Relaxed);
-                match end {
-                    FeedEnd::Over => break Some(session),
-                    FeedEnd::ConsumerEnded => {
-                        warn!(%broker, "consumer cancelled by the broker; registering again");
-                        backoff.reset();
-                        session.abandon().await;
-                        None
-                    }
-                    FeedEnd::Failed(error) => {
-                        session.abandon().await;
-                        Some(error)
+        let failed =
+            match Session::open(&settings, last_node, &lanes, &path, stop.child_token()).await {
+                Ok(session) => {
+                    let node = nodes.nodes()[session.node].label();
+                    last_node = Some(session.node);
+                    backoff.reset();
+                    metrics::record_node_connected(nodes, session.node);
+                    consuming.store(true, Ordering::Relaxed);
+                    let end = session.ended().await;
+                    consuming.store(false, Ordering::Relaxed);
+                    metrics::record_node_disconnected(nodes);
+                    match end {
+                        FeedEnd::Over => break Some(session),
+                        FeedEnd::ConsumerEnded => {
+                            warn!(node, "consumer cancelled by the broker; registering again");
+                            session.abandon().await;
+                            false
+                        }
+                        FeedEnd::Failed(error) => {
+                            warn!(node, %error, "lost the broker connection");
+                            session.abandon().await;
+                            true
+                        }
                     }
                 }
-            }
-            Err(error) => Some(error),
-        };
-        if let Some(error) = failure {
+                Err(error) => {
+                    if let OpenError::Setup { node, .. } = &error {
+                        last_node = Some(*node);
+                    }
+                    report_open_failure(nodes, &error);
+                    true
+                }
+            };
+        if failed {
             let delay = backoff.next_delay();
-            warn!(%broker, %error, retry_in = ?delay, "broker connection failed");
+            warn!(retry_in = ?delay, "connecting again");
             tokio::select! {
                 () = stop.cancelled() => break None,
                 () = tokio::time::sleep(delay) => {}
@@ -199,4 +214,24 @@ pub async fn run_with(
     drop(lanes);
     info!("stopped");
     Ok(())
+}
+
+/// Logs why a session could not start, naming the node(s), and counts each node that refused.
+fn report_open_failure(nodes: &BrokerNodes, failure: &OpenError) {
+    match failure {
+        OpenError::Connect(connect) => {
+            for attempt in &connect.failures {
+                metrics::record_node_connect_failure(&attempt.label);
+                warn!(node = %attempt.label, error = %attempt.error, "cannot connect to broker node");
+            }
+        }
+        OpenError::Setup { node, source } => {
+            let node = nodes.nodes()[*node].label();
+            if let SetupError::Declare(inequivalent @ DeclareError::Inequivalent { .. }) = source {
+                error!(node, error = %inequivalent, "the broker refused warren's queues");
+            } else {
+                warn!(node, error = %source, "connected, then setting up the session failed");
+            }
+        }
+    }
 }

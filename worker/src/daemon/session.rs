@@ -16,7 +16,9 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use warren_schemas::Topology;
+use warren_schemas::nodes::ConnectError;
+use warren_schemas::topology::DeclareError;
+use warren_schemas::{BrokerNodes, Topology};
 
 use super::delivery::{Carrier, TaskPath};
 use super::lanes::{Feed, FeedEnd, Lanes};
@@ -24,8 +26,8 @@ use super::settler::{Settler, Settling};
 
 /// What every session of a worker connects with.
 pub struct SessionSettings {
-    /// Broker URL.
-    pub amqp_url: String,
+    /// The broker's nodes (one, or a cluster's).
+    pub nodes: BrokerNodes,
     /// The worker's id: names the connection (operators tell workers apart in the management UI
     /// and `rabbitmqctl`) and the consumer tag.
     pub worker_id: String,
@@ -37,6 +39,8 @@ pub struct SessionSettings {
 
 /// A session that is consuming: its connection, channels, the lanes' feed and its settling.
 pub struct Session {
+    /// Index of the node connected to, in [`SessionSettings::nodes`].
+    pub node: usize,
     connection: Connection,
     consume: Channel,
     publish: Channel,
@@ -54,18 +58,61 @@ pub struct Drained {
     pub lanes_left: bool,
 }
 
+/// Why a session could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// No node accepted a connection.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// Connected to node `node`, then setting up failed (the connection is dropped).
+    #[error("{source}")]
+    Setup {
+        /// Index of the node.
+        node: usize,
+        /// What failed.
+        source: SetupError,
+    },
+}
+
+/// What failed after connecting.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A channel, QoS or the consumer.
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    /// Declaring the topology.
+    #[error(transparent)]
+    Declare(#[from] DeclareError),
+}
+
 impl Session {
-    /// Connects, declares the topology, sets QoS, starts consuming and hands the consumer to
-    /// the lanes. The session is over when `over` is cancelled or the consumer ends.
+    /// Connects to a node (any but `last` first), declares the topology, sets QoS, starts
+    /// consuming and hands the consumer to the lanes. The session is over when `over` is
+    /// cancelled or the consumer ends.
     pub async fn open(
         settings: &SessionSettings,
+        last: Option<usize>,
         lanes: &Lanes,
         path: &Arc<TaskPath>,
         over: CancellationToken,
-    ) -> lapin::Result<Session> {
+    ) -> Result<Session, OpenError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("warren-worker {}", settings.worker_id).into());
-        let connection = Connection::connect(&settings.amqp_url, properties).await?;
+        let connected = settings.nodes.connect(&properties, last).await?;
+        let node = connected.node;
+        Self::set_up(settings, connected.connection, node, lanes, path, over)
+            .await
+            .map_err(|source| OpenError::Setup { node, source })
+    }
+
+    async fn set_up(
+        settings: &SessionSettings,
+        connection: Connection,
+        node: usize,
+        lanes: &Lanes,
+        path: &Arc<TaskPath>,
+        over: CancellationToken,
+    ) -> Result<Session, SetupError> {
         let consume = connection.create_channel().await?;
         let publish = connection.create_channel().await?;
         publish
@@ -85,11 +132,17 @@ impl Session {
                 FieldTable::default(),
             )
             .await?;
-        info!(queue = %settings.topology.tasks, prefetch = settings.prefetch, "consuming");
+        info!(
+            node = settings.nodes.nodes()[node].label(),
+            queue = %settings.topology.tasks,
+            prefetch = settings.prefetch,
+            "consuming"
+        );
         let (settler, settling) = Settler::start(consume.clone(), settings.prefetch);
         let carrier = Carrier::new(path.clone(), publish.clone(), settler);
         let feed = lanes.feed(consumer, carrier, over);
         Ok(Session {
+            node,
             connection,
             consume,
             publish,
