@@ -11,7 +11,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use tracing::debug;
+use tracing::{debug, warn};
 use warren_schemas::nodes::{ConnectError, Connected};
 use warren_schemas::task::unix_now_ns;
 use warren_schemas::topology::{declare_queue, results_queue_arguments};
@@ -51,10 +51,17 @@ impl Producer {
         // Named, so the broker's connection list says who is who.
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("warren producer (pid {})", std::process::id()).into());
-        let Connected { connection, node } = nodes
+        let Connected {
+            connection,
+            node,
+            skipped,
+        } = nodes
             .connect(&properties, last)
             .await
             .map_err(connect_failed)?;
+        for failure in &skipped {
+            warn!(node = %failure.label, error = %failure.error, "cannot connect to broker node; tried the next");
+        }
         debug!(
             node = nodes.nodes()[node].label(),
             "connected to the broker"

@@ -123,12 +123,14 @@ impl std::error::Error for ConnectError {
     }
 }
 
-/// A connection and the node it is to.
+/// A connection, the node it is to, and the nodes tried before it that failed.
 pub struct Connected {
     /// The connection.
     pub connection: Connection,
     /// Index of the node in [`BrokerNodes::nodes`].
     pub node: usize,
+    /// Nodes tried first that did not answer (for logs and per-node metrics).
+    pub skipped: Vec<NodeFailure>,
 }
 
 impl BrokerNodes {
@@ -214,6 +216,7 @@ impl BrokerNodes {
                     return Ok(Connected {
                         connection,
                         node: index,
+                        skipped: failures,
                     })
                 }
                 Err(error) => failures.push(NodeFailure {

@@ -82,3 +82,84 @@ async fn force_closed_connections_mid_batch_lose_nothing() {
     drop(worker);
     broker.cleanup().await;
 }
+
+/// `AMQP_URL` names a live node and one that refuses connections. The worker connects to the
+/// live one; when that connection is force-closed, the reconnect tries the other node first
+/// (the node just lost goes last), counts its refusal per node, and comes back to the live
+/// one. `warren status` given the same list works too, and given only dead nodes it names each
+/// of them — never the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_in_amqp_url_is_tried_counted_and_skipped() {
+    const FAILOVER_VHOST: &str = "warren-test-failover";
+    let live = private_vhost(FAILOVER_VHOST);
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let dead = format!("127.0.0.1:{dead_port}");
+    let url = format!("{live},{dead}");
+    let broker = TestBroker::new_on(live.clone()).await;
+    let worker = WorkerProcess::start_on(&url, &broker.topology, 1, &[]);
+    let live_node = live
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(host, _)| host.to_owned())
+        .expect("the test broker URL has user@host:port/vhost");
+    let sample = |metrics: &str, name: &str, node: &str| -> u64 {
+        let prefix = format!("{name}{{node=\"{node}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix}in\n{metrics}")) as u64
+    };
+    let metrics = worker.metrics();
+    assert_eq!(
+        sample(&metrics, "warren_amqp_node_connected", &live_node),
+        1
+    );
+    assert_eq!(sample(&metrics, "warren_amqp_node_connected", &dead), 0);
+    let failures_before = sample(&metrics, "warren_amqp_node_connect_failures_total", &dead);
+
+    close_all_connections(FAILOVER_VHOST);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = worker.metrics();
+        if reconnects(&metrics) >= 1
+            && sample(&metrics, "warren_amqp_node_connected", &live_node) == 1
+        {
+            let failures = sample(&metrics, "warren_amqp_node_connect_failures_total", &dead);
+            assert_eq!(
+                failures,
+                failures_before + 1,
+                "the reconnect tried the dead node first, once"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reconnect within 60 s:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let cli = warren_tests::producer_cli::WarrenCli::new_on(&url, &broker.topology);
+    let status = cli.run(&["status"]);
+    assert!(
+        status.status.success(),
+        "{:?}",
+        warren_tests::producer_cli::text(&status)
+    );
+
+    let secret_url = format!("amqp://guest:hunter2@{dead},127.0.0.1:1");
+    let refused = warren_tests::producer_cli::WarrenCli::new_on(&secret_url, &broker.topology)
+        .run(&["status"]);
+    let (_, stderr) = warren_tests::producer_cli::text(&refused);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&dead) && stderr.contains("127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    drop(worker);
+}

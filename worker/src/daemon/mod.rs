@@ -45,6 +45,7 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use warren_schemas::nodes::NodeFailure;
 use warren_schemas::topology::DeclareError;
 use warren_schemas::{BrokerNodes, Task, TaskResult};
 
@@ -153,6 +154,7 @@ pub async fn run_with(
         let failed =
             match Session::open(&settings, last_node, &lanes, &path, stop.child_token()).await {
                 Ok(session) => {
+                    report_node_failures(&session.skipped);
                     let node = nodes.nodes()[session.node].label();
                     last_node = Some(session.node);
                     backoff.reset();
@@ -216,15 +218,18 @@ pub async fn run_with(
     Ok(())
 }
 
+/// Logs and counts each node that did not answer a connect.
+fn report_node_failures(failures: &[NodeFailure]) {
+    for failure in failures {
+        metrics::record_node_connect_failure(&failure.label);
+        warn!(node = %failure.label, error = %failure.error, "cannot connect to broker node");
+    }
+}
+
 /// Logs why a session could not start, naming the node(s), and counts each node that refused.
 fn report_open_failure(nodes: &BrokerNodes, failure: &OpenError) {
     match failure {
-        OpenError::Connect(connect) => {
-            for attempt in &connect.failures {
-                metrics::record_node_connect_failure(&attempt.label);
-                warn!(node = %attempt.label, error = %attempt.error, "cannot connect to broker node");
-            }
-        }
+        OpenError::Connect(connect) => report_node_failures(&connect.failures),
         OpenError::Setup { node, source } => {
             let node = nodes.nodes()[*node].label();
             if let SetupError::Declare(inequivalent @ DeclareError::Inequivalent { .. }) = source {

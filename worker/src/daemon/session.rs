@@ -16,7 +16,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use warren_schemas::nodes::ConnectError;
+use warren_schemas::nodes::{ConnectError, NodeFailure};
 use warren_schemas::topology::DeclareError;
 use warren_schemas::{BrokerNodes, Topology};
 
@@ -41,6 +41,8 @@ pub struct SessionSettings {
 pub struct Session {
     /// Index of the node connected to, in [`SessionSettings::nodes`].
     pub node: usize,
+    /// Nodes tried before that one that did not answer.
+    pub skipped: Vec<NodeFailure>,
     connection: Connection,
     consume: Channel,
     publish: Channel,
@@ -100,9 +102,11 @@ impl Session {
             .with_connection_name(format!("warren-worker {}", settings.worker_id).into());
         let connected = settings.nodes.connect(&properties, last).await?;
         let node = connected.node;
-        Self::set_up(settings, connected.connection, node, lanes, path, over)
+        let mut session = Self::set_up(settings, connected.connection, node, lanes, path, over)
             .await
-            .map_err(|source| OpenError::Setup { node, source })
+            .map_err(|source| OpenError::Setup { node, source })?;
+        session.skipped = connected.skipped;
+        Ok(session)
     }
 
     async fn set_up(
@@ -143,6 +147,7 @@ impl Session {
         let feed = lanes.feed(consumer, carrier, over);
         Ok(Session {
             node,
+            skipped: Vec::new(),
             connection,
             consume,
             publish,
