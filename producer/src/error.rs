@@ -96,6 +96,13 @@ impl ProducerError {
         }
     }
 
+    /// True when the broker refused (nacked) a publish: in a cluster, a quorum queue does
+    /// while it elects a new leader; a queue with `reject-publish` does while it is full.
+    /// Worth publishing again after a while.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ProducerError::Nacked { .. })
+    }
+
     /// Wraps an I/O error with the path involved.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ProducerError::Io {

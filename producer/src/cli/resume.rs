@@ -10,6 +10,7 @@
 //! [`RECONNECT_WINDOW`] in a row, or on Ctrl-C; the error then says how to resume by hand.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,9 @@ use tracing::warn;
 use uuid::Uuid;
 use warren_schemas::{BrokerNodes, Topology};
 
+use crate::batch::late::LateResults;
+use crate::batch::manifest::Manifest;
+use crate::batch::sink::Record;
 use crate::batch::{self, BatchOptions, BatchReport, Observer};
 use crate::error::Result;
 use crate::producer::Producer;
@@ -63,18 +67,29 @@ impl Resume<'_> {
     async fn ride_out(&self, mut outcome: Result<BatchReport>) -> Result<BatchReport> {
         let mut delay = FIRST_DELAY;
         let mut unreachable_since: Option<Instant> = None;
+        let mut refused_since: Option<Instant> = None;
         let mut last_node = self.node;
+        let progress = Progress::new(self.observer);
         loop {
             let error = match outcome {
-                Err(error) if error.is_connection_lost() => error,
+                Err(error) if error.is_connection_lost() || error.is_refusal() => error,
                 other => return other,
             };
-            let since = *unreachable_since.get_or_insert_with(Instant::now);
+            let clock = if error.is_refusal() {
+                &mut refused_since
+            } else {
+                &mut unreachable_since
+            };
+            let since = *clock.get_or_insert_with(Instant::now);
             if self.shutdown.is_cancelled() || since.elapsed() > RECONNECT_WINDOW {
                 return Err(error);
             }
             let node = self.nodes.nodes()[last_node].label();
-            warn!(node, %error, retry_in = ?delay, "lost the broker connection mid-batch; reconnecting");
+            if error.is_refusal() {
+                warn!(node, %error, retry_in = ?delay, "the broker refused a task mid-batch (a queue electing a new leader, or full); publishing it again");
+            } else {
+                warn!(node, %error, retry_in = ?delay, "lost the broker connection mid-batch; reconnecting");
+            }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.shutdown.cancelled() => return Err(error),
@@ -99,18 +114,66 @@ impl Resume<'_> {
             last_node = producer.node();
             let node = self.nodes.nodes()[last_node].label();
             warn!(node, "reconnected; carrying on with the batch");
+            let done_before = progress.done();
             outcome = batch::collect(
                 &producer,
                 self.batch_id,
                 self.out,
                 self.publish_rest,
                 self.options,
-                self.observer,
+                &progress,
                 self.shutdown,
             )
             .await;
             producer.close().await;
+            if progress.done() > done_before {
+                // Got somewhere: a refusal now is a new one, and the next retry is quick.
+                refused_since = None;
+                delay = FIRST_DELAY;
+            }
         }
+    }
+}
+
+/// Passes everything on to the batch's observer and counts confirms and results, so that
+/// refusals that each come after some progress are not mistaken for a broker that refuses
+/// for good.
+struct Progress<'a> {
+    observer: &'a dyn Observer,
+    done: AtomicU64,
+}
+
+impl<'a> Progress<'a> {
+    fn new(observer: &'a dyn Observer) -> Self {
+        Progress {
+            observer,
+            done: AtomicU64::new(0),
+        }
+    }
+
+    /// Confirms and results seen so far.
+    fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+}
+
+impl Observer for Progress<'_> {
+    fn started(&self, manifest: &Manifest, to_publish: u64, expected: u64, done: u64) {
+        self.observer.started(manifest, to_publish, expected, done);
+    }
+
+    fn confirmed(&self, count: u64) {
+        self.done.fetch_add(count, Ordering::Relaxed);
+        self.observer.confirmed(count);
+    }
+
+    fn completed(&self, record: &Record) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+        self.observer.completed(record);
+    }
+
+    fn late_results(&self, late: &LateResults, missing: u64) {
+        self.observer.late_results(late, missing);
     }
 }
 

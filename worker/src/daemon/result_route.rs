@@ -9,10 +9,12 @@
 //!   unroutable-results queue ([`Topology::unroutable_queue`]) with headers naming where it was
 //!   meant to go and why it came back ([`unroutable_headers`]). One warning and one count of
 //!   `warren_results_unroutable_total` per returned result.
+//! - **Refused** (nack): published again after [`REFUSAL_RETRY_DELAYS`] — in a cluster a quorum
+//!   queue nacks while it elects a new leader after losing a node, for a second or so.
 //! - **Too large** (over `--max-result`, checked before publishing, since an oversized publish
-//!   makes the broker close the channel) or **refused** (nack): a small
-//!   [`Outcome::ResultRefused`] result naming the reason takes its place, published the same
-//!   way (`warren_results_refused_total{reason}`).
+//!   makes the broker close the channel) or **still refused** after those retries (a full
+//!   queue with `reject-publish`): a small [`Outcome::ResultRefused`] result naming the reason
+//!   takes its place, published the same way (`warren_results_refused_total{reason}`).
 //! - **Nothing left to try** (the stand-in refused too, or the unroutable-results queue itself
 //!   missing): the task is requeued, and its delivery limit ends that in the dead-letter queue.
 //!
@@ -21,6 +23,7 @@
 //! routing key), not by which confirm carried it, and the publish that got it reroutes it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::message::BasicReturnMessage;
 use lapin::options::BasicPublishOptions;
@@ -180,6 +183,11 @@ async fn carry(
                 attempt.routing_key = route.unroutable.clone();
                 attempt.stage.rerouted = true;
             }
+            Step::Retry(delay) => {
+                warn!(task_id = %attempt.id, queue = %attempt.routing_key, retry_in = ?delay, "the broker refused the result (nack); publishing it again");
+                attempt.stage.refusals += 1;
+                tokio::time::sleep(delay).await;
+            }
             Step::Replace => {
                 let stub = match stub.take() {
                     Some(stub) => stub,
@@ -196,10 +204,11 @@ async fn carry(
                     stub.outcome,
                     attempt.routing_key.as_str()
                 );
-                warn!(task_id = %attempt.id, queue = %attempt.routing_key, "the broker refused the result (nack); publishing a result_refused result instead");
+                warn!(task_id = %attempt.id, queue = %attempt.routing_key, "the broker kept refusing the result (nack); publishing a result_refused result instead");
                 metrics::record_result_refused("nacked");
                 attempt.payload = encode(&stub.refused(None, &route.worker_id, reason));
                 attempt.stage.replaced = true;
+                attempt.stage.refusals = 0;
             }
             Step::GiveUp(why) => {
                 error!(task_id = %attempt.id, queue = %attempt.routing_key, reason = why.as_str(), "result could not be stored anywhere");
@@ -240,7 +249,7 @@ impl Attempt {
             headers,
             stage: Stage {
                 rerouted,
-                replaced: false,
+                ..Stage::default()
             },
             first_answer: Some(Answer::Returned {
                 code: returned.reply_code,
@@ -265,13 +274,23 @@ impl Attempt {
     }
 }
 
+/// Waits before publishing a nacked result again, one per retry; then a stand-in replaces it.
+pub const REFUSAL_RETRY_DELAYS: [Duration; 4] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+
 /// How far a result got.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Stage {
     /// Sent to the unroutable-results queue after a return.
     rerouted: bool,
-    /// A stand-in result (too large, or refused once).
+    /// A stand-in result (too large, or refused after every retry).
     replaced: bool,
+    /// Nacks of what is published now (the result, or its stand-in), each retried.
+    refusals: usize,
 }
 
 /// What the broker said about one publish.
@@ -290,6 +309,7 @@ enum Answer {
 enum Step {
     Stored,
     Reroute { code: u16, reason: String },
+    Retry(Duration),
     Replace,
     GiveUp(GiveUp),
 }
@@ -316,6 +336,9 @@ fn next(stage: Stage, answer: Answer) -> Step {
         Answer::Stored => Step::Stored,
         Answer::Returned { .. } if stage.rerouted => Step::GiveUp(GiveUp::UnroutableQueueMissing),
         Answer::Returned { code, reason } => Step::Reroute { code, reason },
+        Answer::Refused if stage.refusals < REFUSAL_RETRY_DELAYS.len() => {
+            Step::Retry(REFUSAL_RETRY_DELAYS[stage.refusals])
+        }
         Answer::Refused if stage.replaced => Step::GiveUp(GiveUp::StandInRefused),
         Answer::Refused => Step::Replace,
     }
@@ -444,7 +467,16 @@ mod tests {
     const FRESH: Stage = Stage {
         rerouted: false,
         replaced: false,
+        refusals: 0,
     };
+
+    /// `stage` after every retry of a refusal.
+    fn retried(stage: Stage) -> Stage {
+        Stage {
+            refusals: REFUSAL_RETRY_DELAYS.len(),
+            ..stage
+        }
+    }
 
     fn returned() -> Answer {
         Answer::Returned {
@@ -457,7 +489,11 @@ mod tests {
     fn a_stored_result_is_done_at_any_stage() {
         for rerouted in [false, true] {
             for replaced in [false, true] {
-                let stage = Stage { rerouted, replaced };
+                let stage = Stage {
+                    rerouted,
+                    replaced,
+                    refusals: 0,
+                };
                 assert_eq!(next(stage, Answer::Stored), Step::Stored);
             }
         }
@@ -489,19 +525,26 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_result_is_replaced_once() {
-        assert_eq!(next(FRESH, Answer::Refused), Step::Replace);
+    fn a_refused_result_is_retried_with_growing_delays_then_replaced_once() {
+        let mut stage = FRESH;
+        for delay in REFUSAL_RETRY_DELAYS {
+            assert_eq!(next(stage, Answer::Refused), Step::Retry(delay));
+            stage.refusals += 1;
+        }
+        assert_eq!(next(stage, Answer::Refused), Step::Replace);
         let rerouted = Stage {
             rerouted: true,
             ..FRESH
         };
-        assert_eq!(next(rerouted, Answer::Refused), Step::Replace);
+        assert_eq!(next(retried(rerouted), Answer::Refused), Step::Replace);
+        // The stand-in is retried as well, then given up on.
         let replaced = Stage {
             replaced: true,
             ..FRESH
         };
+        assert!(matches!(next(replaced, Answer::Refused), Step::Retry(_)));
         assert_eq!(
-            next(replaced, Answer::Refused),
+            next(retried(replaced), Answer::Refused),
             Step::GiveUp(GiveUp::StandInRefused)
         );
     }
