@@ -15,6 +15,7 @@
 //! - [`batch`]: a batch as users type it: the producer's CPU per task and its rate next to
 //!   `queue`'s trivial drain rate.
 //! - [`soak`]: many tasks through one worker process, watching for leaks.
+//! - [`queue_types`]: a quorum results queue next to a classic one: broker CPU per message.
 //! - [`baseline`]: stock wasmtime + wasmtime-wasi, the embedding the baselines run.
 //! - [`baseline_component`]: the same for `wasi:cli/command` components (WASI 0.2).
 //! - [`broker`]: a benchmark's own queues on the broker, deleted afterwards.
@@ -33,6 +34,7 @@ pub mod guests;
 pub mod instantiate;
 pub mod null;
 pub mod queue;
+pub mod queue_types;
 pub mod soak;
 pub mod stats;
 pub mod timed;
@@ -43,4 +45,5 @@ pub use executor::{run_executor_bench, ExecutorBenchArgs};
 pub use guests::{run_guests_bench, GuestsBenchArgs};
 pub use instantiate::{run_instantiate_bench, InstantiateBenchArgs};
 pub use queue::{run_queue_bench, QueueBenchArgs};
+pub use queue_types::{run_queue_types_bench, QueueTypesBenchArgs};
 pub use soak::{run_soak, SoakArgs};

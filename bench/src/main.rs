@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use warren_bench::{
     run_batch_bench, run_executor_bench, run_guests_bench, run_instantiate_bench, run_queue_bench,
-    run_soak, BatchBenchArgs, ExecutorBenchArgs, GuestsBenchArgs, InstantiateBenchArgs,
-    QueueBenchArgs, SoakArgs,
+    run_queue_types_bench, run_soak, BatchBenchArgs, ExecutorBenchArgs, GuestsBenchArgs,
+    InstantiateBenchArgs, QueueBenchArgs, QueueTypesBenchArgs, SoakArgs,
 };
 use warren_worker::process;
 
@@ -32,6 +32,8 @@ enum Command {
     Batch(BatchBenchArgs),
     /// Many trivial tasks through one worker process, sampling its RSS, fds and in-flight gauge.
     Soak(SoakArgs),
+    /// A quorum results queue next to a classic one: rates and the broker's CPU per message.
+    QueueTypes(QueueTypesBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Queue(args) => run_queue_bench(&args).map(|_| 0),
         Command::Batch(args) => run_batch_bench(&args).map(|_| 0),
         Command::Soak(args) => run_soak(&args),
+        Command::QueueTypes(args) => run_queue_types_bench(&args).map(|_| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
