@@ -275,11 +275,13 @@ impl Attempt {
 }
 
 /// Waits before publishing a nacked result again, one per retry; then a stand-in replaces it.
-pub const REFUSAL_RETRY_DELAYS: [Duration; 4] = [
+pub const REFUSAL_RETRY_DELAYS: [Duration; 6] = [
     Duration::from_millis(250),
     Duration::from_millis(500),
     Duration::from_secs(1),
     Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
 ];
 
 /// How far a result got.
