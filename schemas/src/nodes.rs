@@ -147,7 +147,7 @@ impl BrokerNodes {
         }
         let first = addresses[0];
         if !first.contains("://") {
-            return Err(NodesError::FirstNotUrl(first.to_owned()));
+            return Err(NodesError::FirstNotUrl(redact_userinfo(first)));
         }
         let base = parse_uri(first)?;
         let mut nodes: Vec<Node> = Vec::with_capacity(addresses.len());
@@ -260,7 +260,7 @@ fn parse_uri(address: &str) -> Result<AMQPUri, NodesError> {
 /// `host[:port]` (or `[ipv6]:port`) with everything else from `base`.
 fn borrow_from(base: &AMQPUri, address: &str) -> Result<AMQPUri, NodesError> {
     let invalid = |reason: &str| NodesError::Invalid {
-        address: address.to_owned(),
+        address: redact_userinfo(address),
         reason: reason.to_owned(),
     };
     let (host, port) = match address.strip_prefix('[') {
@@ -288,6 +288,17 @@ fn borrow_from(base: &AMQPUri, address: &str) -> Result<AMQPUri, NodesError> {
     uri.authority.host = host.to_owned();
     uri.authority.port = port;
     Ok(uri)
+}
+
+/// `user:password@host` without a scheme (a malformed entry) with its password hidden.
+fn redact_userinfo(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{user}:***@{host}")
+        }
+        None => address.to_owned(),
+    }
 }
 
 fn node(uri: AMQPUri) -> Node {
@@ -361,8 +372,14 @@ mod tests {
         let nodes = BrokerNodes::parse(&["amqp://u:topsecret@h1/%2f,h2"]).unwrap();
         assert!(!nodes.to_string().contains("topsecret"), "{nodes}");
         assert!(nodes.to_env_value().contains("topsecret"));
-        let error = BrokerNodes::parse(&["amqp://u:topsecret@h1:notaport/%2f"]).unwrap_err();
-        assert!(!error.to_string().contains("topsecret"), "{error}");
+        for bad in [
+            "amqp://u:topsecret@h1:notaport/%2f",
+            "u:topsecret@h1",
+            "amqp://u:p@h1,u:topsecret@h2",
+        ] {
+            let error = BrokerNodes::parse(&[bad]).unwrap_err();
+            assert!(!error.to_string().contains("topsecret"), "{error}");
+        }
     }
 
     #[test]
