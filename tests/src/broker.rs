@@ -294,21 +294,6 @@ impl TestBroker {
             results.push(result);
         }
     }
-
-    /// Deletes this test's queues.
-    pub async fn cleanup(self) {
-        let (_c, channel) = connect(&self.url).await;
-        for queue in [
-            &self.topology.tasks,
-            &self.topology.dead,
-            &self.topology.results,
-            &self.reply_queue,
-        ] {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-    }
 }
 
 async fn connect(url: &str) -> (Connection, Channel) {

@@ -281,7 +281,7 @@ async fn undecodable_messages_are_dead_lettered_and_bad_tasks_get_typed_outcomes
     )
     .await;
     drop(worker);
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 /// A worker process on its own modules directory ([`WorkerProcess`] always uses `modules/dist`).
@@ -404,5 +404,5 @@ async fn daemon_starts_from_a_directory_with_broken_modules_and_serves_the_good_
         "the worker is still running"
     );
     drop(worker);
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }

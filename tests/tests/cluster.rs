@@ -29,10 +29,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 async fn a_batch_survives_the_kill_of_the_node_leading_the_task_queue() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let run = ClusterRun::start("800/s");
-    let leader = run.cluster.leader(&run.topology.tasks);
-    run.cluster.kill(leader);
-    let new_leader = run.cluster.leader(&run.topology.tasks);
-    assert_ne!(new_leader, leader, "a surviving node leads the task queue");
+    let leader = run.kill_the_leader_of(&run.topology.tasks);
     run.finish(
         &format!("kill -9 of node {leader} (leading the task queue)"),
         &[leader],
@@ -43,14 +40,7 @@ async fn a_batch_survives_the_kill_of_the_node_leading_the_task_queue() {
 async fn a_batch_survives_the_kill_of_the_node_holding_its_results_queue() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let run = ClusterRun::start("800/s");
-    let queue = results_queue(&run.batch.out);
-    let leader = run.cluster.leader(&queue);
-    run.cluster.kill(leader);
-    assert_ne!(
-        run.cluster.leader(&queue),
-        leader,
-        "a surviving node leads the results queue"
-    );
+    let leader = run.kill_the_leader_of(&results_queue(&run.batch.out));
     run.finish(
         &format!("kill -9 of node {leader} (leading the batch's results queue)"),
         &[leader],
@@ -116,6 +106,19 @@ impl ClusterRun {
             stall,
             cluster,
         }
+    }
+
+    /// `kill -9` of the node leading quorum queue `queue`; returns its index once a surviving
+    /// node leads the queue.
+    fn kill_the_leader_of(&self, queue: &str) -> usize {
+        let leader = self.cluster.leader(queue);
+        self.cluster.kill(leader);
+        assert_ne!(
+            self.cluster.leader(queue),
+            leader,
+            "a surviving node leads {queue}"
+        );
+        leader
     }
 
     fn batch_running(&self) -> bool {

@@ -208,7 +208,7 @@ async fn a_task_never_sees_what_the_previous_task_wrote() {
             .assert_isolated("probe-b", "probe-a", region, false)
             .await;
     }
-    bench.broker.cleanup().await;
+    drop(bench.broker); // deletes its queues
 
     // Default configuration (several warm slots: the same module comes back to its slot).
     let bench = Bench::start(modules.path(), &[]).await;
@@ -217,7 +217,7 @@ async fn a_task_never_sees_what_the_previous_task_wrote() {
             .assert_isolated("probe-a", "probe-a", region, false)
             .await;
     }
-    bench.broker.cleanup().await;
+    drop(bench.broker); // deletes its queues
 
     // Nothing reset in place.
     let bench = Bench::start(
@@ -230,7 +230,7 @@ async fn a_task_never_sees_what_the_previous_task_wrote() {
             .assert_isolated("probe-a", "probe-a", region, false)
             .await;
     }
-    bench.broker.cleanup().await;
+    drop(bench.broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +263,7 @@ async fn a_task_never_sees_what_the_previous_task_wrote_when_the_worker_is_swapp
         scrubbed_pages(&metrics) > 0,
         "no page was found in swap after a reset: the secret never reached swap\n{metrics}"
     );
-    bench.broker.cleanup().await;
+    drop(bench.broker); // deletes its queues
 
     // Swap on before the worker starts; default configuration, then nothing reset in place.
     for args in [
@@ -276,7 +276,7 @@ async fn a_task_never_sees_what_the_previous_task_wrote_when_the_worker_is_swapp
                 .assert_isolated("probe-a", "probe-a", region, true)
                 .await;
         }
-        bench.broker.cleanup().await;
+        drop(bench.broker); // deletes its queues
     }
     drop(swap);
 }
@@ -296,7 +296,7 @@ async fn a_component_task_never_sees_what_the_previous_task_wrote() {
                 .assert_isolated("probe-c", "probe-c", region, false)
                 .await;
         }
-        bench.broker.cleanup().await;
+        drop(bench.broker); // deletes its queues
     }
 }
 
@@ -318,6 +318,6 @@ async fn a_component_task_never_sees_what_the_previous_task_wrote_when_the_worke
         scrubbed_pages(&metrics) > 0,
         "no page was found in swap after a reset: the secret never reached swap\n{metrics}"
     );
-    bench.broker.cleanup().await;
+    drop(bench.broker); // deletes its queues
     drop(swap);
 }

@@ -199,7 +199,7 @@ async fn a_pushed_module_is_listed_and_runs_by_name_and_by_digest_from_an_empty_
             .is_file(),
         "the pulled module is kept beside the AOT cache"
     );
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,8 +247,8 @@ async fn a_moved_tag_is_picked_up_after_the_tag_ttl_and_not_before() {
     assert_ran(&run(&slow_broker, task("tool", b"c")).await, &echo, b"c");
     assert_eq!(pulls(&fast, "pulled"), 2.0);
     assert_eq!(pulls(&slow, "pulled"), 1.0);
-    fast_broker.cleanup().await;
-    slow_broker.cleanup().await;
+    drop(fast_broker); // deletes its queues
+    drop(slow_broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,7 +303,7 @@ async fn two_workers_with_a_cold_cache_pull_once_each_for_200_tasks() {
     for worker in [&a, &b] {
         assert_eq!(pulls(worker, "pulled"), 1.0, "one pull per worker");
     }
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +341,7 @@ async fn a_missing_repository_is_module_not_found_with_the_reason_and_the_direct
         0,
         "nothing requeued"
     );
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,7 +392,7 @@ async fn a_module_over_the_size_cap_is_refused_and_one_under_it_runs() {
         &digest,
         b"FITS",
     );
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,7 +431,7 @@ async fn a_tampered_blob_is_refused_as_a_digest_mismatch() {
             .exists(),
         "nothing tampered is kept"
     );
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,7 +475,7 @@ async fn a_registry_that_is_down_fails_new_modules_and_pulled_ones_keep_serving(
         0,
         "nothing dead-lettered"
     );
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 /// The AOT cache's compiled files: name → inode (a recompile replaces a file by a rename).
@@ -543,5 +543,5 @@ async fn a_restarted_worker_compiles_nothing_and_needs_no_registry_for_a_pulled_
         compiled,
         "the restart loaded the compiled module as it was"
     );
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }

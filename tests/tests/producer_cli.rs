@@ -53,7 +53,7 @@ async fn upper_batch(
     let metrics = worker.metrics();
     delete_queue(&results_queue(&out)).await;
     drop(worker);
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
     (records, stdout, metrics)
 }
 
@@ -139,7 +139,7 @@ async fn kill_midway_then_collect(flags: &[&str]) {
     assert_eq!(results(&out).len(), 600);
     delete_queue(&results_queue(&out)).await;
     drop(worker);
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +189,7 @@ async fn batch_rides_out_force_closed_connections_with_every_result_once() {
 
     delete_queue_at(&url, &results_queue(&out)).await;
     drop(worker);
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,7 +245,7 @@ async fn ctrl_c_stops_publishing_and_collect_resumes_it() {
     assert_each_result_once(&out, upper_of(&inputs));
     delete_queue(&results_queue(&out)).await;
     drop(worker);
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,7 +285,7 @@ async fn unknown_module_gives_module_not_found_outcomes_and_a_nonzero_exit() {
     }
     delete_queue(&results_queue(&out)).await;
     drop(worker);
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 /// Programs that answer through their exit code: with `--ok-exit-codes` the listed codes are
@@ -401,7 +401,7 @@ async fn ok_exit_codes_count_as_success_in_batches_and_submit() {
         text(&output)
     );
     drop(worker);
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,7 +443,7 @@ async fn submit_wait_returns_the_guest_output_and_exit_code() {
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(uuid::Uuid::parse_str(stdout.trim()).is_ok(), "{stdout}");
     drop(worker);
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,7 +531,7 @@ async fn bad_arguments_are_refused_by_name_before_anything_is_sent() {
         0,
         "nothing published"
     );
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -595,5 +595,5 @@ async fn dead_letters_are_listed_with_their_reason_and_requeued() {
     assert_eq!(status["dead"]["messages"], 1, "{status}");
     assert_eq!(status["tasks"]["consumers"], 1, "{status}");
     drop(worker);
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }

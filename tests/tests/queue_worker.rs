@@ -81,7 +81,7 @@ async fn outcomes_round_trip_and_bad_messages_are_dead_lettered() {
     );
     promtool_accepts(&metrics);
     drop(worker);
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 /// `promtool check metrics` (Prometheus's own linter) accepts the exposition.
@@ -150,7 +150,7 @@ async fn sigterm_drains_in_flight_tasks_and_exits_cleanly() {
         );
     }
     assert_eq!(finished.len() + rest.len(), tasks.len());
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +181,7 @@ async fn many_concurrent_tasks_are_each_answered_exactly_once() {
         "{metrics}"
     );
     assert!(metrics.contains("warren_tasks_in_flight 0"), "{metrics}");
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +224,7 @@ async fn prefetch_bounds_unacknowledged_deliveries() {
     assert!(most >= 1, "the sampler saw the batch in flight");
     let ids: HashSet<_> = results.iter().map(|r| r.task_id).collect();
     assert_eq!(ids.len(), tasks.len());
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 /// Lanes take turns waiting on the consumer; a lane busy with a long task must never hold the
@@ -263,7 +263,7 @@ async fn a_long_task_does_not_hold_back_the_next_delivery() {
             "round {round}: the two tasks ran one after the other: {runs:?}"
         );
     }
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 /// An older warren declared `warren.results` (and the dead-letter queue) as classic queues; a

@@ -106,7 +106,7 @@ async fn a_result_whose_reply_queue_is_missing_lands_in_the_unroutable_queue_onc
         "each task ran once"
     );
     drop(worker);
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +181,7 @@ async fn collect_takes_a_batchs_late_results_from_the_unroutable_queue_and_leave
     );
     delete_queue(&expired).await;
     drop(worker);
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 /// A result to stand for another client's message.
@@ -273,7 +273,7 @@ async fn a_result_over_max_result_is_answered_by_a_small_error_and_the_worker_go
         "{metrics}"
     );
     drop(worker);
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +305,7 @@ async fn a_result_the_broker_refuses_is_answered_by_a_small_error() {
     );
     delete_queue(&picky).await;
     drop(worker);
-    broker.cleanup().await;
+    drop(broker); // deletes its queues
 }
 
 /// A durable queue that nacks a publish taking it over `max_bytes` (`reject-publish`).

@@ -16,7 +16,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use warren_schemas::nodes::{ConnectError, NodeFailure};
+use warren_schemas::nodes::{ConnectError, Connected, NodeFailure};
 use warren_schemas::topology::DeclareError;
 use warren_schemas::{BrokerNodes, Topology};
 
@@ -102,17 +102,18 @@ impl Session {
             .with_connection_name(format!("warren-worker {}", settings.worker_id).into());
         let connected = settings.nodes.connect(&properties, last).await?;
         let node = connected.node;
-        let mut session = Self::set_up(settings, connected.connection, node, lanes, path, over)
+        Self::set_up(settings, connected, lanes, path, over)
             .await
-            .map_err(|source| OpenError::Setup { node, source })?;
-        session.skipped = connected.skipped;
-        Ok(session)
+            .map_err(|source| OpenError::Setup { node, source })
     }
 
     async fn set_up(
         settings: &SessionSettings,
-        connection: Connection,
-        node: usize,
+        Connected {
+            connection,
+            node,
+            skipped,
+        }: Connected,
         lanes: &Lanes,
         path: &Arc<TaskPath>,
         over: CancellationToken,
@@ -147,7 +148,7 @@ impl Session {
         let feed = lanes.feed(consumer, carrier, over);
         Ok(Session {
             node,
-            skipped: Vec::new(),
+            skipped,
             connection,
             consume,
             publish,
