@@ -292,5 +292,3 @@ async fn confirm_channel(connection: &Connection) -> Result<Channel> {
         .map_err(|e| ProducerError::broker("enabling publisher confirms", e))?;
     Ok(channel)
 }
-
-pub use warren_schemas::topology::redact_url as redact;

@@ -147,7 +147,7 @@ impl BrokerNodes {
         }
         let first = addresses[0];
         if !first.contains("://") {
-            return Err(NodesError::FirstNotUrl(redact_userinfo(first)));
+            return Err(NodesError::FirstNotUrl(redact_url(first)));
         }
         let base = parse_uri(first)?;
         let mut nodes: Vec<Node> = Vec::with_capacity(addresses.len());
@@ -260,7 +260,7 @@ fn parse_uri(address: &str) -> Result<AMQPUri, NodesError> {
 /// `host[:port]` (or `[ipv6]:port`) with everything else from `base`.
 fn borrow_from(base: &AMQPUri, address: &str) -> Result<AMQPUri, NodesError> {
     let invalid = |reason: &str| NodesError::Invalid {
-        address: redact_userinfo(address),
+        address: redact_url(address),
         reason: reason.to_owned(),
     };
     let (host, port) = match address.strip_prefix('[') {
@@ -288,17 +288,6 @@ fn borrow_from(base: &AMQPUri, address: &str) -> Result<AMQPUri, NodesError> {
     uri.authority.host = host.to_owned();
     uri.authority.port = port;
     Ok(uri)
-}
-
-/// `user:password@host` without a scheme (a malformed entry) with its password hidden.
-fn redact_userinfo(address: &str) -> String {
-    match address.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{user}:***@{host}")
-        }
-        None => address.to_owned(),
-    }
 }
 
 fn node(uri: AMQPUri) -> Node {

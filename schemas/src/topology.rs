@@ -207,17 +207,18 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
-/// The broker URL with its password replaced by `***`, for logs and error messages: both sides
-/// print the URL they connect to, and neither may ever print the credential.
+/// The broker URL (or a malformed address without a scheme) with its password replaced by
+/// `***`, for logs and error messages: neither side may ever print the credential.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
     };
     let Some((userinfo, host)) = rest.rsplit_once('@') else {
         return url.to_owned();
     };
     match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        Some((user, _password)) => format!("{scheme}{user}:***@{host}"),
         None => url.to_owned(),
     }
 }
@@ -235,5 +236,6 @@ mod tests {
         assert_eq!(redact_url("amqp://host:5672"), "amqp://host:5672");
         assert_eq!(redact_url("amqp://user@host"), "amqp://user@host");
         assert_eq!(redact_url("amqps://u:p@ss@h/v"), "amqps://u:***@h/v");
+        assert_eq!(redact_url("u:s3cret@host:5672"), "u:***@host:5672");
     }
 }

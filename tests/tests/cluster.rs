@@ -50,8 +50,8 @@ async fn a_batch_survives_the_kill_of_the_node_holding_its_results_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_survives_a_rolling_restart_of_every_node() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // Slow enough that the batch still runs when the third restart begins (a restart takes
-    // 5-10 s here, more while the machine is busy).
+    // Slow enough that the batch still runs when the third restart begins (each restart
+    // takes seconds, more while the machine is busy).
     let run = ClusterRun::start("100/s");
     let started = Instant::now();
     for index in 1..=3 {
